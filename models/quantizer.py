@@ -97,7 +97,8 @@ class Codebook(nn.Module):
         """Code indices (N,) for vectors x (N, d): nearest code, or a Gumbel sample in training if configured."""
         dist = self.distances(x)
         if self.training and self.sample == "gumbel":
-            gumbel = -torch.log(-torch.log(torch.rand_like(dist).clamp_min(1e-20)).clamp_min(1e-20))
+            u = torch.rand_like(dist).clamp(1e-10, 1.0 - 1e-7)
+            gumbel = -torch.log(-torch.log(u))
             return torch.argmax(-dist / self.gumbel_temperature + gumbel, dim=-1)
         return torch.argmin(dist, dim=-1)
 
