@@ -1,0 +1,155 @@
+"""The evaluation driver on a tiny random evaluator and a fake eval set (reference.md §4 protocol)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.evaluator import EvaluatorConfig, T2MEvaluator
+from utils import evaluation as E
+
+D = 263
+SMALL = dict(dim_word=12, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=10, dim_coemb_hidden=6,
+             dim_movement_enc_hidden=9, dim_movement_latent=7)
+
+
+class FakeEvalSet(torch.utils.data.Dataset):
+    """Items shaped like datasets.motion_dataset "eval" items; text features are a function of the motion so the
+    evaluator can (weakly) match them. Normalised with mean 1 / std 2."""
+
+    def __init__(self, n=96, t=48, seed=0):
+        g = np.random.default_rng(seed)
+        self.raw = g.normal(size=(n, t, D)).astype(np.float32)
+        self.lengths = g.integers(3, t // 4 + 1, size=n) * 4
+        for i, m in enumerate(self.lengths):
+            self.raw[i, m:] = 1.0                      # = mean: zero after normalisation
+        self.word = g.normal(size=(n, 22, 12)).astype(np.float32)
+        self.sent = g.integers(3, 23, size=n)
+        self.mean, self.std = np.ones(D, np.float32), np.full(D, 2.0, np.float32)
+
+    def __len__(self):
+        return len(self.raw)
+
+    def __getitem__(self, i):
+        return {"motion": torch.from_numpy((self.raw[i] - self.mean) / self.std), "length": int(self.lengths[i]),
+                "word_embs": torch.from_numpy(self.word[i]), "pos_ohot": torch.eye(15)[torch.arange(22) % 15],
+                "sent_len": int(self.sent[i]), "caption": f"c{i}", "id": str(i)}
+
+    def denormalize(self, x):
+        return x * torch.from_numpy(self.std) + torch.from_numpy(self.mean)
+
+
+def collate(items):
+    out = {}
+    for k in items[0]:
+        v = [it[k] for it in items]
+        out[k] = torch.stack(v) if torch.is_tensor(v[0]) else (torch.tensor(v) if isinstance(v[0], int) else v)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    cfg = EvaluatorConfig(dim_pose=D, **SMALL)
+    evaluator = T2MEvaluator(cfg, np.ones(D), np.full(D, 2.0))   # evaluator stats = dataset stats here
+    return FakeEvalSet(), evaluator
+
+
+def small_cfg(**kw):
+    base = dict(replications=3, diversity_times=50, mm_batches=1, mm_repeats=10, mm_times=5)
+    return E.EvalConfig(**{**base, **kw})
+
+
+def gt_generation(data):
+    return lambda batch: (data.denormalize(batch["motion"]), batch["length"])
+
+
+@pytest.fixture(scope="module")
+def gt_report(setup):
+    data, ev = setup
+    return E.evaluate_t2m(gt_generation(data), data, ev, small_cfg(), collate_fn=collate, progress=False)
+
+
+def test_ground_truth_as_generation_scores_like_ground_truth(gt_report):
+    rep = gt_report
+    gt, gen = rep["metrics"]["gt"], rep["metrics"]["generated"]
+    assert gen["FID"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    for k in ("R_precision_top1", "R_precision_top2", "R_precision_top3", "MM_Dist", "Diversity"):
+        assert gen[k]["values"] == pytest.approx(gt[k]["values"])
+    assert gen["MultiModality"]["mean"] == 0.0                      # identical repeats
+    assert "FID" not in gt
+    assert rep["samples_per_replication"] == 96 and rep["seeds"] == [10107, 10108, 10109]
+    # R-precision is monotone in k and a rate
+    assert 0 <= gt["R_precision_top1"]["mean"] <= gt["R_precision_top3"]["mean"] <= 1
+
+
+def test_conf_is_the_reference_formula(gt_report):
+    entry = gt_report["metrics"]["gt"]["R_precision_top1"]
+    v = np.array(entry["values"])
+    assert entry["mean"] == pytest.approx(v.mean())
+    assert entry["conf"] == pytest.approx(1.96 * v.std() / np.sqrt(3))
+    assert len(set(v)) > 1                           # replications shuffle the batches differently
+
+
+def test_replications_are_reproducible(setup):
+    data, ev = setup
+    a = E.evaluate_t2m(gt_generation(data), data, ev, small_cfg(replications=2, mm_mode="off"), collate_fn=collate, progress=False)
+    b = E.evaluate_t2m(gt_generation(data), data, ev, small_cfg(replications=2, mm_mode="off"), collate_fn=collate, progress=False)
+    assert a["metrics"] == b["metrics"]
+
+
+def test_noisy_generation_has_positive_fid_and_multimodality(setup):
+    data, ev = setup
+    calls = {"mm": 0}
+
+    def noisy(batch, multimodality=False):
+        calls["mm"] += multimodality
+        m = data.denormalize(batch["motion"])
+        return m + 3.0 * torch.randn_like(m), batch["length"]
+
+    rep = E.evaluate_t2m(noisy, data, ev, small_cfg(replications=1), collate_fn=collate, progress=False)
+    gen = rep["metrics"]["generated"]
+    assert gen["FID"]["mean"] > 0.1 and gen["MultiModality"]["mean"] > 0
+    assert calls["mm"] == 10                          # 1 MM batch × 10 repeats, flagged multimodality=True
+
+
+def test_t2m_multimodality_variant(setup):
+    data, ev = setup
+    rep = E.evaluate_t2m(gt_generation(data), data, ev,
+                         small_cfg(replications=1, mm_mode="t2m", mm_num_texts=40), collate_fn=collate,
+                         progress=False)
+    assert rep["metrics"]["generated"]["MultiModality"]["mean"] == 0.0
+
+
+def test_too_few_samples_for_r_precision_batch(setup):
+    data, ev = setup
+    small = torch.utils.data.Subset(data, range(20))
+    with pytest.raises(E.EvaluationError, match="20 samples, fewer than one R-precision batch of 32"):
+        E.evaluate_t2m(gt_generation(data), small, ev, small_cfg(), collate_fn=collate, progress=False)
+
+
+def test_too_few_samples_for_diversity(setup):
+    data, ev = setup
+    with pytest.raises(E.EvaluationError, match="diversity_times=300.*only 96 samples"):
+        E.evaluate_t2m(gt_generation(data), data, ev, small_cfg(diversity_times=300), collate_fn=collate,
+                       progress=False)
+
+
+def test_fast_mode_is_labelled_not_comparable(setup, tmp_path):
+    data, ev = setup
+    rep = E.evaluate_t2m(gt_generation(data), data, ev, small_cfg(replications=20, fast=True), collate_fn=collate,
+                         progress=False)
+    assert rep["config"]["replications"] == 1 and not rep["comparable_protocol"]
+    js, md = E.write_report(rep, tmp_path / "run", checkpoints={"rvq": "runs/rvq/x/best.pt"}, stage="gt")
+    saved = json.loads(js.read_text())
+    assert saved["checkpoints"] == {"rvq": "runs/rvq/x/best.pt"} and saved["seeds"] == [10107]
+    assert len(saved["commit"]) >= 7
+    text = md.read_text()
+    assert "NOT COMPARABLE" in text and "--fast" in text
+    assert "| R_precision_top3 |" in text and " ± " in text and "runs/rvq/x/best.pt" in text
+
+
+def test_reference_protocol_flag():
+    assert E.EvalConfig().is_reference_protocol()
+    assert not E.EvalConfig(replications=5).is_reference_protocol()
+    assert not E.EvalConfig(fast=True).is_reference_protocol()

@@ -1,0 +1,346 @@
+"""The text-to-motion evaluation driver (`reference.md` §4): one function scores ground truth, RVQ reconstructions and
+full generations with the standard evaluator, over replications, with 95% confidence intervals.
+
+    report = evaluate_t2m(generate_fn, eval_set, evaluator, EvalConfig())
+    write_report(report, "runs/eval/<name>")          # eval.json + eval.md
+
+`generate_fn(batch) -> (motion (B, T, D) de-normalised raw features, lengths (B,) in frames)`; it gets the collated
+"eval" batch of the test split (ground-truth lengths in `batch["length"]`) and must generate with those lengths.
+If it accepts a keyword argument `multimodality`, the driver passes `multimodality=True` for the MultiModality
+repeats (the reference samples those with Gumbel noise, the others categorically) and False otherwise.
+
+Protocol of one replication (reference §4), with replication r seeded `cfg.seed + r` (python, numpy and torch global
+generators, which the dataset's per-item caption/crop sampling uses, and the loader's shuffle):
+- one pass over the eval set in shuffled batches of 32 with drop_last; one random caption and crop per motion;
+- GT and generated motions are de-normalised, re-normalised with the evaluator's meta statistics and embedded with
+  the same caption embedding;
+- R-precision top-1/2/3 and MM-Dist (Matching score) per batch, summed over batches / number of samples;
+- FID between all generated and all GT embeddings; Diversity over `diversity_times` (300) random pairs;
+- MultiModality ("momask" mode): the first 3 batches are generated 30 times each, distances between 10 random pairs
+  of repeats; those batches' last repeat is also the one used for the other metrics, as in the reference.
+  "t2m" mode (original T2M): 100 random texts × 30 repeats, 10 pairs. "off": none.
+Final numbers: mean ± 1.96·std/√n over replications (population std).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import random
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from utils import metrics
+
+GenerateFn = Callable[..., tuple[Any, Any]]
+
+# Display names of the metrics, in table order.
+METRIC_NAMES = ("FID", "R_precision_top1", "R_precision_top2", "R_precision_top3", "MM_Dist", "Diversity",
+                "MultiModality")
+REFERENCE_PROTOCOL = dict(replications=20, batch_size=32, diversity_times=300, mm_mode="momask", mm_batches=3,
+                          mm_repeats=30, mm_times=10, top_k=3)
+
+
+@dataclass
+class EvalConfig:
+    replications: int = 20           # reference §4 (20 passes over the test set)
+    batch_size: int = 32             # reference §1.3 / §4 (R-precision within batches of 32, drop_last)
+    seed: int = 10107                # MoMask's eval seed (reference §4); replication r uses seed + r
+    diversity_times: int = 300       # reference §4 (the reference falls back to 100 only when N <= 300)
+    mm_mode: str = "momask"          # "momask" (first mm_batches batches) | "t2m" (mm_num_texts texts) | "off"
+    mm_batches: int = 3              # MoMask / ReMoMask: first 3 batches (reference §4)
+    mm_num_texts: int = 100          # original T2M variant (reference §4)
+    mm_repeats: int = 30             # generations per text (reference §4)
+    mm_times: int = 10               # pairs of repeats per text (reference §4)
+    top_k: int = 3                   # R-precision top-1..3 (reference §4)
+    num_workers: int = 0             # DataLoader workers
+    fast: bool = False               # quick check: 1 replication, 1 MM batch x 10 repeats; NOT comparable
+    mask_beyond_length: bool = False # zero generated frames past the length; the reference does not (generated
+                                     # frames past m_len are left as decoded and seen by the conv encoder's edge)
+
+    def effective(self) -> "EvalConfig":
+        """The configuration actually run (`fast` shrinks the protocol)."""
+        if not self.fast:
+            return self
+        return EvalConfig(**{**asdict(self), "replications": 1, "mm_batches": min(self.mm_batches, 1),
+                             "mm_num_texts": min(self.mm_num_texts, self.batch_size),
+                             "mm_repeats": min(self.mm_repeats, self.mm_times)})
+
+    def is_reference_protocol(self) -> bool:
+        eff = self.effective()
+        return not self.fast and all(getattr(eff, k) == v for k, v in REFERENCE_PROTOCOL.items())
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run with this data / configuration."""
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+def seed_replication(seed: int) -> None:
+    """Seed python, numpy and torch global generators (the dataset's per-item sampling uses them)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _accepts_multimodality(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "multimodality" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _to_tensor(x) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+
+
+class _Embedder:
+    """Calls generate_fn and turns its output into evaluator embeddings."""
+
+    def __init__(self, generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig):
+        self.generate_fn = generate_fn
+        self.eval_set = eval_set
+        self.evaluator = evaluator
+        self.cfg = cfg
+        self.pass_mm = _accepts_multimodality(generate_fn)
+
+    def text(self, batch: dict) -> np.ndarray:
+        return self.evaluator.encode_text(batch["word_embs"], batch["pos_ohot"], batch["sent_len"]).cpu().numpy()
+
+    def motion_raw(self, motion, lengths) -> np.ndarray:
+        """Raw features (B, T, D) and lengths (B,) -> evaluator embeddings (B, D_emb)."""
+        motion = _to_tensor(motion).detach().float().cpu()
+        lengths = _to_tensor(lengths).detach().cpu().long()
+        if motion.ndim != 3 or motion.shape[0] != lengths.shape[0]:
+            raise EvaluationError(f"utils/evaluation.py: generate_fn must return motion (B, T, D) and lengths (B,), "
+                                  f"got {tuple(motion.shape)} and {tuple(lengths.shape)}")
+        if int(lengths.max()) > motion.shape[1]:
+            raise EvaluationError(f"utils/evaluation.py: generated motion has {motion.shape[1]} frames but a length "
+                                  f"of {int(lengths.max())} was requested")
+        x = self.evaluator.normalize_for_evaluator(motion)
+        if self.cfg.mask_beyond_length:
+            keep = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+            x = x * keep[..., None]
+        return self.evaluator.encode_motion(x, lengths).cpu().numpy()
+
+    def gt(self, batch: dict) -> np.ndarray:
+        motion = self.eval_set.denormalize(_to_tensor(batch["motion"]))
+        return self.motion_raw(motion, batch["length"])
+
+    def generated(self, batch: dict, multimodality: bool = False) -> np.ndarray:
+        out = (self.generate_fn(batch, multimodality=multimodality) if self.pass_mm else self.generate_fn(batch))
+        motion, lengths = out
+        return self.motion_raw(motion, lengths)
+
+
+def _collate_default():
+    from datasets.motion_dataset import collate
+    return collate
+
+
+def _check_sizes(n_items: int, cfg: EvalConfig) -> int:
+    """Number of samples per replication; errors when the set is too small for the protocol."""
+    if n_items < cfg.batch_size:
+        raise EvaluationError(
+            f"utils/evaluation.py: the eval set has {n_items} samples, fewer than one R-precision batch of "
+            f"{cfg.batch_size} (eval.batch_size); R-precision needs full batches (drop_last). Use a larger split or "
+            f"set eval.batch_size <= {n_items}")
+    n_batches = n_items // cfg.batch_size
+    n = n_batches * cfg.batch_size
+    if n < cfg.diversity_times:
+        raise EvaluationError(
+            f"utils/evaluation.py: Diversity draws eval.diversity_times={cfg.diversity_times} pairs but one "
+            f"replication has only {n} samples ({n_batches} batches of {cfg.batch_size}); the reference uses 300 "
+            f"(100 for sets of at most 300). Set eval.diversity_times <= {n}")
+    if cfg.mm_mode == "momask" and cfg.mm_batches > n_batches:
+        raise EvaluationError(f"utils/evaluation.py: MultiModality uses the first eval.mm_batches={cfg.mm_batches} "
+                              f"batches but there are only {n_batches}; lower eval.mm_batches")
+    if cfg.mm_mode == "t2m" and cfg.mm_num_texts > n_items:
+        raise EvaluationError(f"utils/evaluation.py: MultiModality ('t2m' mode) needs eval.mm_num_texts="
+                              f"{cfg.mm_num_texts} texts but the set has {n_items}")
+    if cfg.mm_mode not in ("momask", "t2m", "off"):
+        raise EvaluationError(f"utils/evaluation.py: eval.mm_mode must be 'momask', 't2m' or 'off', got "
+                              f"{cfg.mm_mode!r}")
+    if cfg.mm_mode != "off" and cfg.mm_repeats < cfg.mm_times:
+        raise EvaluationError(f"utils/evaluation.py: eval.mm_repeats={cfg.mm_repeats} must be >= "
+                              f"eval.mm_times={cfg.mm_times}")
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ one replication
+
+def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt: bool) -> dict[str, dict]:
+    seed_replication(seed)
+    gen_loader = torch.Generator().manual_seed(seed)
+    loader = DataLoader(emb.eval_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collate_fn, num_workers=cfg.num_workers, generator=gen_loader)
+    rng = np.random.default_rng(seed)
+    sums = {"gt": np.zeros(cfg.top_k), "gen": np.zeros(cfg.top_k)}
+    match = {"gt": 0.0, "gen": 0.0}
+    gt_embs, gen_embs, mm_embs = [], [], []
+    count = 0
+    for i, batch in enumerate(loader):
+        text = emb.text(batch)
+        if cfg.mm_mode == "momask" and i < cfg.mm_batches:
+            repeats = [emb.generated(batch, multimodality=True) for _ in range(cfg.mm_repeats)]
+            mm_embs.append(np.stack(repeats, axis=1))                  # (B, R, D)
+            gen = repeats[-1]
+        else:
+            gen = emb.generated(batch)
+        gt = emb.gt(batch) if with_gt else gen
+        b = text.shape[0]
+        for key, m in (("gt", gt), ("gen", gen)):
+            sums[key] += metrics.r_precision(text, m, cfg.top_k) * b
+            match[key] += metrics.mm_dist(text, m) * b
+        gt_embs.append(gt)
+        gen_embs.append(gen)
+        count += b
+    if cfg.mm_mode == "t2m":
+        idx = rng.choice(len(emb.eval_set), cfg.mm_num_texts, replace=False)
+        sub = DataLoader(Subset(emb.eval_set, idx.tolist()), batch_size=cfg.batch_size, shuffle=False,
+                         collate_fn=collate_fn, num_workers=0)
+        for batch in sub:
+            mm_embs.append(np.stack([emb.generated(batch, multimodality=True) for _ in range(cfg.mm_repeats)], 1))
+    gt_all, gen_all = np.concatenate(gt_embs), np.concatenate(gen_embs)
+    out: dict[str, dict] = {}
+    for key, embs in (("gt", gt_all), ("gen", gen_all)):
+        r = sums[key] / count
+        row = {"FID": metrics.fid(embs, gt_all)}
+        row.update({f"R_precision_top{k + 1}": float(r[k]) for k in range(cfg.top_k)})
+        row["MM_Dist"] = match[key] / count
+        # the same pairs for GT and generated (a fresh generator per column), so they differ only by the motions
+        row["Diversity"] = metrics.diversity(embs, cfg.diversity_times, np.random.default_rng([seed, 1]))
+        out[key] = row
+    if mm_embs:
+        out["gen"]["MultiModality"] = metrics.multimodality(np.concatenate(mm_embs), cfg.mm_times, rng)
+    out["_count"] = {"samples": count}
+    return out
+
+
+def evaluate_t2m(generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig | None = None, *,
+                 collate_fn: Callable | None = None, with_gt: bool = True, progress: bool = True,
+                 label: str = "generated") -> dict:
+    """Score `generate_fn` on `eval_set` (a dataset in "eval" mode) with `evaluator`; see the module docstring.
+
+    Returns a report dict: `metrics` {"gt": {name: {mean, conf, values}}, "generated": {...}}, the effective
+    config, per-replication seeds, sample counts and the comparability note. `with_gt=False` skips the GT
+    embeddings (then FID is not available and the "gt" column is omitted).
+    """
+    cfg = cfg or EvalConfig()
+    eff = cfg.effective()
+    n = _check_sizes(len(eval_set), eff)
+    emb = _Embedder(generate_fn, eval_set, evaluator, eff)
+    collate_fn = collate_fn or _collate_default()
+    seeds = [eff.seed + r for r in range(eff.replications)]
+    runs = []
+    iterator = seeds
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(seeds, desc=f"eval {label}", unit="rep")
+    for seed in iterator:
+        runs.append(_replication(emb, eff, seed, collate_fn, with_gt))
+    table: dict[str, dict[str, dict]] = {}
+    for key, name in (("gt", "gt"), ("gen", label)):
+        if key == "gt" and not with_gt:
+            continue
+        table[name] = {}
+        for metric in METRIC_NAMES:
+            if metric not in runs[0][key] or (key == "gen" and metric == "FID" and not with_gt):
+                continue
+            values = [r[key][metric] for r in runs]
+            mean, conf = metrics.mean_ci(values)
+            table[name][metric] = {"mean": mean, "conf": conf, "values": values}
+        if key == "gt":
+            table[name].pop("FID", None)        # FID of GT against itself is 0 by construction
+    comparable = cfg.is_reference_protocol()
+    note = ("reference protocol (reference.md §4)" if comparable else
+            "NOT COMPARABLE to published numbers: " + ("--fast mode (1 replication, shortened MultiModality)"
+                                                       if cfg.fast else "protocol differs from the reference"))
+    return {"metrics": table, "config": asdict(eff), "requested_config": asdict(cfg), "seeds": seeds,
+            "samples_per_replication": n, "eval_set_size": len(eval_set), "comparable_protocol": comparable,
+            "note": note, "evaluator": getattr(evaluator, "source", "") or type(evaluator).__name__,
+            "label": label}
+
+
+# ------------------------------------------------------------------------------------------------------ reports
+
+def git_commit(repo: str | os.PathLike | None = None) -> str:
+    """The current commit hash (with '+dirty' when the tree has changes), or 'unknown'."""
+    repo = str(repo or Path(__file__).resolve().parent.parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _fmt(entry: dict | None, digits: int = 3) -> str:
+    if entry is None:
+        return "-"
+    return f"{entry['mean']:.{digits}f} ± {entry['conf']:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    """eval.md: a table of mean ± 95% CI per metric, then the provenance."""
+    cols = list(report["metrics"])
+    lines = [f"# Evaluation: {report.get('stage', report.get('label', ''))}", ""]
+    if not report.get("comparable_protocol", False):
+        lines += [f"**{report['note']}**", ""]
+    if report.get("dataset_note"):
+        lines += [f"**{report['dataset_note']}**", ""]
+    lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for metric in METRIC_NAMES:
+        if not any(metric in report["metrics"][c] for c in cols):
+            continue
+        lines.append(f"| {metric} | " + " | ".join(_fmt(report["metrics"][c].get(metric)) for c in cols) + " |")
+    cfg = report["config"]
+    lines += ["", f"mean ± 1.96·std/√n over n = {cfg['replications']} replications (population std); "
+                  f"{report['samples_per_replication']} samples per replication in batches of {cfg['batch_size']}.",
+              "", "## Provenance", "",
+              f"- commit: `{report.get('commit', 'unknown')}`",
+              f"- evaluator: `{report.get('evaluator', '')}`"]
+    for name, path in (report.get("checkpoints") or {}).items():
+        lines.append(f"- checkpoint {name}: `{path}`")
+    lines += [f"- seeds: {report['seeds'][0]} … {report['seeds'][-1]} (replication r uses seed {cfg['seed']} + r)",
+              f"- protocol: {report['note']}", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(report: dict, run_dir: str | os.PathLike, **provenance) -> tuple[Path, Path]:
+    """Write `eval.json` and `eval.md` into run_dir (atomic). `provenance` (e.g. checkpoints={...},
+    run_config={...}, stage="rvq") is merged into the report; the commit hash is added when missing."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = {**report, **provenance}
+    report.setdefault("commit", git_commit())
+    js, md = run_dir / "eval.json", run_dir / "eval.md"
+    _atomic_write(js, json.dumps(report, indent=2, default=str) + "\n")
+    _atomic_write(md, render_markdown(report))
+    return js, md
+
+
+def summary_line(report: dict, column: str | None = None) -> str:
+    """One line `FID 0.123±0.004, R@3 ...` for logs."""
+    column = column or report.get("label", "generated")
+    row = report["metrics"].get(column) or next(iter(report["metrics"].values()))
+    short = {"R_precision_top1": "R@1", "R_precision_top2": "R@2", "R_precision_top3": "R@3"}
+    return ", ".join(f"{short.get(k, k)} {v['mean']:.3f}±{v['conf']:.3f}" for k, v in row.items())
+
