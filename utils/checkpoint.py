@@ -1,0 +1,165 @@
+"""Checkpoint files: atomic writes, safe loads, and clear refusals (ARCHITECTURE.md §3, §6.2).
+
+A checkpoint is a dict of tensors and plain containers only, so `torch.load(weights_only=True)` reads it:
+
+    format_version  int         FORMAT_VERSION of the writer
+    stage           str         "rvq", "retriever", "mask", "residual", ...
+    config          dict        the resolved stage config (utils.config.to_dict), enough to rebuild the model
+    model           dict        the model's state_dict
+    step, epoch     int         optimizer steps done, epoch of the next batch          (training checkpoints)
+    optimizer, scheduler, scaler, rng, ema, extra, ...                                 (training checkpoints)
+
+Writes go to a temp file in the same folder, are fsync'ed and then `os.replace`d over the target, so a crash
+mid-write leaves the previous file intact and no temp file behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, from another stage, or does not fit the model."""
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse objects that torch.load(weights_only=True) would not read back (numpy arrays, custom classes)."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise CheckpointError(f"save_checkpoint: key {k!r} in {where} is a {type(k).__name__}; "
+                                      f"use str/int keys")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple, set)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__name__}, which "
+                          f"torch.load(weights_only=True) cannot read; store tensors and plain Python values "
+                          f"(e.g. torch.as_tensor(array) or array.tolist())")
+
+
+def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, model: dict, **extra: Any) -> None:
+    """Write a checkpoint atomically (temp file in the same folder + fsync + os.replace).
+
+    Args:
+        path: target file; its folder is created if needed
+        stage: the stage that wrote it (checked by load_checkpoint(stage=...))
+        config: resolved stage config as a plain dict (utils.config.to_dict)
+        model: model state_dict
+        **extra: step, epoch, optimizer, scheduler, rng, ... (tensors and plain containers only)
+    """
+    path = Path(path)
+    payload = {"format_version": FORMAT_VERSION, "stage": stage, "config": config, "model": model, **extra}
+    _check_plain(payload, "checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, *, stage: str | None = None, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint with `torch.load(weights_only=True)` and check its format version and stage.
+
+    Raises CheckpointError naming the file when it is missing, truncated or corrupt, written by a newer format,
+    or written by another stage than `stage` (None = any stage).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip / unpickling / EOF errors all mean the same thing to the user
+        size = path.stat().st_size
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or corrupt and cannot be read "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                              f"use another checkpoint (e.g. best.pt) or re-create it") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not a remomask checkpoint (expected a dict with "
+                              f"'format_version', found {type(ckpt).__name__}"
+                              f"{' with keys ' + str(sorted(ckpt)[:8]) if isinstance(ckpt, dict) else ''})")
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format_version {version!r}; this code reads versions "
+                              f"<= {FORMAT_VERSION}; update the code")
+    if stage is not None and ckpt.get("stage") != stage:
+        raise CheckpointError(f"checkpoint {path} was written by stage {ckpt.get('stage')!r}, expected stage "
+                              f"{stage!r}; pass the {stage} checkpoint instead")
+    return ckpt
+
+
+def unwrap_model(module: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def state_mismatches(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between two state dicts: missing keys, unexpected keys, shape mismatches."""
+    out = []
+    for k in expected:
+        if k not in found:
+            out.append(f"missing key {k!r}")
+        elif hasattr(expected[k], "shape") and hasattr(found[k], "shape") and expected[k].shape != found[k].shape:
+            out.append(f"{k!r}: model has shape {tuple(expected[k].shape)}, checkpoint has {tuple(found[k].shape)}")
+    out += [f"unexpected key {k!r}" for k in found if k not in expected]
+    return out
+
+
+def load_model_state(module: nn.Module, state: dict, path: str | os.PathLike, max_listed: int = 5) -> None:
+    """Strictly load `state` into `module`; on any key or shape mismatch raise CheckpointError naming `path`.
+
+    The message lists the first `max_listed` mismatches (another dataset width or architecture shows up here).
+    """
+    module = unwrap_model(module)
+    problems = state_mismatches(module.state_dict(), state)
+    if problems:
+        shown = "; ".join(problems[:max_listed])
+        more = f"; and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
+        raise CheckpointError(f"checkpoint {path} does not fit {type(module).__name__} ({len(problems)} "
+                              f"mismatches: {shown}{more}); was it written for another dataset or model config? "
+                              f"Rebuild the model from the checkpoint's own config")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path}: {str(err).splitlines()[0]}") from None

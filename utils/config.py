@@ -1,0 +1,278 @@
+"""Typed stage configs: YAML file + dotted CLI overrides, merged into dataclasses (ARCHITECTURE.md §3, §6.2).
+
+A stage config is a dataclass of sub-config dataclasses (`data`, `model`, `train`, ...). Values come from, in order:
+the dataclass defaults, the stage's YAML file (`configs/<dataset>/<stage>.yaml`), and `a.b=value` overrides from the
+command line (values are parsed as YAML, so `train.milestones=[1000,2000]` is a list and `train.lr=1e-4` a float).
+OmegaConf checks every key and type against the dataclass; any mistake is a `ConfigError` that names the key and the
+file or override it came from.
+
+    cfg = load_config(RVQStageConfig, "configs/mini/rvq.yaml", ["train.lr=1e-4"])
+    cfg, args = stage_cli(RVQStageConfig, "rvq", description=__doc__)   # what every train_*.py does
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import os
+import re
+import tempfile
+import tokenize
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+_MOD = "utils/config.py"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the stage's config dataclass."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading and merging
+# --------------------------------------------------------------------------------------------------------------
+
+def _describe(err: OmegaConfBaseException, source: str) -> str:
+    """One line naming the key, the source and what OmegaConf objected to."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+    if "Key '" in msg and "not in" in msg or "Missing key" in msg:
+        return f"{source}: unknown key '{key}' ({msg}); see --help for the valid keys"
+    return f"{source}: key '{key}': {msg}"
+
+
+def _check_schema(schema: type) -> None:
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise ConfigError(f"{_MOD}: schema must be a dataclass type, got {schema!r}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def _read_yaml(path: str | os.PathLike) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (expected a YAML file such as configs/mini/<stage>.yaml; "
+                          f"pass --config PATH)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:, ...) at top level, "
+                          f"got {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"train.milestones=[1000,2000]"` -> `("train.milestones", [1000, 2000])`; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"override {text!r}: expected dotted 'key=value' (e.g. train.lr=1e-4 or "
+                          f"train.milestones=[1000,2000])")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from None
+    return key, parsed
+
+
+def _override_node(key: str, value: Any) -> DictConfig:
+    node: Any = value
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    return OmegaConf.create(node)
+
+
+def load_config(schema: type[T], path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> T:
+    """Build a `schema` instance from its defaults, the YAML file at `path` (None = defaults only) and overrides.
+
+    Raises ConfigError naming the key and the file / override for unknown keys, wrong types and bad syntax.
+    """
+    _check_schema(schema)
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        cfg = _merge(cfg, _read_yaml(path), str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        cfg = _merge(cfg, _override_node(key, value), f"override {text!r}")
+    return _to_object(cfg, str(path) if path is not None else schema.__name__)
+
+
+def _to_object(cfg: DictConfig, source: str):
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:   # e.g. a required field (MISSING) left unset
+        raise ConfigError(_describe(err, source)) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict (nested dicts, lists, str/int/float/bool/None) of a config dataclass, dict or DictConfig.
+
+    This is what goes into config.yaml and into checkpoints (`torch.load(weights_only=True)` can read it).
+    """
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        node = OmegaConf.structured(cfg)
+    elif isinstance(cfg, (DictConfig, ListConfig)):
+        node = cfg
+    elif isinstance(cfg, dict):
+        node = OmegaConf.create(cfg)
+    else:
+        raise ConfigError(f"{_MOD}: to_dict expects a config dataclass instance or a dict, got {type(cfg).__name__}")
+    out = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def from_dict(schema: type[T], d: dict, source: str = "config dict") -> T:
+    """Rebuild a `schema` instance from `to_dict` output (e.g. `ckpt["config"]["model"]`), type-checked.
+
+    Keys missing from `d` take the dataclass default; unknown keys are a ConfigError naming `source`.
+    """
+    _check_schema(schema)
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a dict for {schema.__name__}, got {type(d).__name__}")
+    cfg = _merge(OmegaConf.structured(schema), OmegaConf.create(d), source)
+    return _to_object(cfg, source)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The shared command line
+# --------------------------------------------------------------------------------------------------------------
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing `# comments` of a dataclass's field lines (the documented source of each default)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    lines = src.splitlines()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(src).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            line = lines[tok.start[0] - 1]
+            m = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
+            if m:
+                comments[m.group(1)] = tok.string.lstrip("#").strip()
+    return comments
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, str):
+        return tp.replace("typing.", "")
+    name = getattr(tp, "__name__", None)
+    return name if name and not getattr(tp, "__args__", None) else str(tp).replace("typing.", "")
+
+
+def describe_schema(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, comment) of every leaf field of a nested config dataclass."""
+    rows: list[tuple[str, str, str, str]] = []
+    comments = _field_comments(schema)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # unresolvable annotation: fall back to the raw annotation text
+        hints = {}
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        tp = hints.get(f.name, f.type)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            rows += describe_schema(tp, key + ".")
+            continue
+        rows.append((key, _type_name(tp), repr(defaults.get(f.name)), comments.get(f.name, "")))
+    return rows
+
+
+def _help_epilog(schema: type, default_config: str) -> str:
+    rows = describe_schema(schema)
+    width = max((len(k) for k, *_ in rows), default=10)
+    tw = max((len(t) for _, t, *_ in rows), default=5)
+    lines = [f"config file: {default_config} (YAML; override with --config)",
+             "overrides: positional KEY=VALUE, values parsed as YAML, e.g. train.lr=1e-4 train.milestones=[1000,2000]",
+             "", f"keys ({schema.__name__}; default shown, the YAML file may change it):"]
+    for key, tp, default, comment in rows:
+        line = f"  {key:<{width}}  {tp:<{tw}}  = {default}"
+        lines.append(f"{line}  # {comment}" if comment else line)
+    return "\n".join(lines)
+
+
+def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
+              description: str = "") -> tuple[T, argparse.Namespace]:
+    """Parse the command line every training / evaluation script shares and load the stage config.
+
+    Flags: `--config PATH` (default configs/mini/<stage>.yaml), `--name` (default: the config file's folder, e.g.
+    `mini`; the run dir is <runs-root>/<stage>/<name>), `--runs-root` (default runs), `--resume`, `--overwrite`, and
+    positional `key=value` overrides. `--help` lists the config keys with types, defaults and their sources.
+
+    Returns (config instance, argparse namespace with config, name, runs_root, resume, overwrite, overrides).
+    Config errors exit with status 2 and a one-line message (argparse's convention).
+    """
+    _check_schema(schema)
+    default_config = f"configs/mini/{stage}.yaml"
+    parser = argparse.ArgumentParser(
+        description=description or f"Train / run the {stage} stage.",
+        epilog=_help_epilog(schema, default_config),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config, metavar="PATH",
+                        help=f"stage YAML file (default: {default_config})")
+    parser.add_argument("--name", default=None,
+                        help="run name; the run dir is <runs-root>/%s/<name> (default: the config file's folder, "
+                             "e.g. 'mini')" % stage)
+    parser.add_argument("--runs-root", default="runs", metavar="DIR", help="root of all run dirs (default: runs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other: resume continues a run, overwrite deletes it")
+    if args.name is None:
+        args.name = Path(args.config).resolve().parent.name or stage
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    return cfg, args

@@ -1,0 +1,82 @@
+"""The run directory: everything one run writes lives under `<root>/<stage>/<name>/` (ARCHITECTURE.md §3).
+
+    runs/rvq/mini/
+      config.yaml            the resolved config (utils.config.save_config)
+      checkpoints/last.pt    full training state, written every `ckpt_every` steps and at the end
+      checkpoints/best.pt    the best validation checkpoint
+      tb/                    tensorboard events
+      eval.json, eval.md     evaluation reports
+
+A second run with the same name is refused unless `resume` (continue from last.pt) or `overwrite` (delete the old
+run first) is given. Under torchrun only rank 0 touches the file system; the other ranks only compute the paths.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (exists, or has nothing to resume from)."""
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class RunDir:
+    """Paths of one run; creates the folder (rank 0) and enforces the refuse / resume / overwrite rule.
+
+    Args:
+        stage: "rvq", "retriever", "mask", "residual", "eval", ...
+        name: run name (default of the CLI: the config's dataset folder, e.g. "mini")
+        root: root of all runs
+        resume: continue an existing run; its checkpoints/last.pt must exist
+        overwrite: delete an existing run of this name and start afresh
+    """
+
+    def __init__(self, stage: str, name: str, root: str | os.PathLike = "runs",
+                 resume: bool = False, overwrite: bool = False):
+        if resume and overwrite:
+            raise RunDirError("RunDir: resume and overwrite exclude each other (resume continues a run, overwrite "
+                              "deletes it); pass only one of --resume / --overwrite")
+        for what, value in (("stage", stage), ("name", name)):
+            if not value or "/" in value or "\\" in value or value in (".", ".."):
+                raise RunDirError(f"RunDir: {what} must be a plain folder name, got {value!r}")
+        self.stage, self.name = stage, name
+        self.path = Path(root) / stage / name
+        self.ckpt_dir = self.path / "checkpoints"
+        self.last = self.ckpt_dir / "last.pt"
+        self.best = self.ckpt_dir / "best.pt"
+        self.config_path = self.path / "config.yaml"
+        self.tb_dir = self.path / "tb"
+        self.eval_json = self.path / "eval.json"
+        self.eval_md = self.path / "eval.md"
+        self.resume = resume
+        self.overwrite = overwrite
+        if _rank() == 0:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        existing = self.path.is_dir() and any(self.path.iterdir())
+        if self.resume:
+            if not self.last.is_file():
+                raise RunDirError(f"--resume: no checkpoint to resume from at {self.last} "
+                                  f"({'the run exists but has no last.pt' if existing else 'no such run'}); "
+                                  f"start the run without --resume")
+        elif existing:
+            if not self.overwrite:
+                raise RunDirError(f"run dir {self.path} already exists; pass --resume to continue it or "
+                                  f"--overwrite to delete it and start again (or choose another --name)")
+            shutil.rmtree(self.path)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.tb_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """best.pt when validation chose one, else last.pt (what the next stage should load)."""
+        return self.best if self.best.is_file() else self.last
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, resume={self.resume}, overwrite={self.overwrite})"
