@@ -9,6 +9,15 @@ import torch
 from models.quantizer import Codebook, ResidualVQ
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions run ~20x faster on one thread on the shared CPU (no OpenMP contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def set_codebook(book: Codebook, codes) -> None:
     codes = torch.as_tensor(codes, dtype=torch.float32)
     book.codebook.copy_(codes)
