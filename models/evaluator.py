@@ -74,7 +74,7 @@ def dim_pose_of(dataset: str) -> int:
 
 def _init_weights(module: nn.Module) -> None:
     """Fresh init of the reference: xavier_normal weights, zero biases (GRU and hidden parameters: see owners)."""
-    if isinstance(module, (nn.Conv1d, nn.Linear)):
+    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
         nn.init.xavier_normal_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -101,6 +101,29 @@ class MovementConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.main(x.permute(0, 2, 1)).permute(0, 2, 1)
         return self.out_net(h)
+
+
+class MovementConvDecoder(nn.Module):
+    """Reconstruction head used only to pre-train the movement encoder when we train our own evaluator (the
+    reference pre-trains it inside an autoencoder, reference §3.5). Not part of the released checkpoint.
+
+    Args:
+        z: (B, T/4, D_latent)
+    Returns:
+        (B, T, D_out) reconstructed features (the D-4 non-contact dims)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose1d(input_size, hidden_size, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.ConvTranspose1d(hidden_size, output_size, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.out_net = nn.Linear(output_size, output_size)
+        self.apply(_init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out_net(self.main(z.permute(0, 2, 1)).permute(0, 2, 1))
 
 
 class _BiGRUCo(nn.Module):
