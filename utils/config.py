@@ -40,13 +40,14 @@ class ConfigError(ValueError):
 # Loading and merging
 # --------------------------------------------------------------------------------------------------------------
 
-def _describe(err: OmegaConfBaseException, source: str) -> str:
-    """One line naming the key, the source and what OmegaConf objected to."""
+def _describe(err: OmegaConfBaseException, source: str, schema: type | None = None) -> str:
+    """One line naming the key, the source, the expected type and what OmegaConf objected to."""
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     msg = str(getattr(err, "msg", None) or err).splitlines()[0]
     if "Key '" in msg and "not in" in msg or "Missing key" in msg:
         return f"{source}: unknown key '{key}' ({msg}); see --help for the valid keys"
-    return f"{source}: key '{key}': {msg}"
+    expected = {k: t for k, t, *_ in describe_schema(schema)}.get(str(key)) if schema is not None else None
+    return f"{source}: key '{key}'" + (f" expects {expected}" if expected else "") + f": {msg}"
 
 
 def _check_schema(schema: type) -> None:
@@ -54,11 +55,11 @@ def _check_schema(schema: type) -> None:
         raise ConfigError(f"{_MOD}: schema must be a dataclass type, got {schema!r}")
 
 
-def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+def _merge(base: DictConfig, other: Any, source: str, schema: type | None = None) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, schema)) from None
 
 
 def _read_yaml(path: str | os.PathLike) -> DictConfig:
@@ -107,10 +108,10 @@ def load_config(schema: type[T], path: str | os.PathLike | None, overrides: Sequ
     _check_schema(schema)
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        cfg = _merge(cfg, _read_yaml(path), str(path))
+        cfg = _merge(cfg, _read_yaml(path), str(path), schema)
     for text in overrides:
         key, value = parse_override(text)
-        cfg = _merge(cfg, _override_node(key, value), f"override {text!r}")
+        cfg = _merge(cfg, _override_node(key, value), f"override {text!r}", schema)
     return _to_object(cfg, str(path) if path is not None else schema.__name__)
 
 
@@ -154,7 +155,7 @@ def from_dict(schema: type[T], d: dict, source: str = "config dict") -> T:
     _check_schema(schema)
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a dict for {schema.__name__}, got {type(d).__name__}")
-    cfg = _merge(OmegaConf.structured(schema), OmegaConf.create(d), source)
+    cfg = _merge(OmegaConf.structured(schema), OmegaConf.create(d), source, schema)
     return _to_object(cfg, source)
 
 

@@ -1,0 +1,164 @@
+"""utils/config.py: YAML + dotted overrides merged into typed dataclasses, errors that name the key, the shared CLI."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.toy_task import ToyStageConfig
+from utils.config import ConfigError, from_dict, load_config, parse_override, save_config, stage_cli, to_dict
+from utils.training import TrainConfig
+
+
+@dataclass
+class Inner:
+    depth: int = 2            # toy default
+    ratio: float = 0.5
+
+
+@dataclass
+class Nested:
+    inner: Inner = field(default_factory=Inner)
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+@dataclass
+class Stage:
+    """A stage config with two levels of nesting."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Nested = field(default_factory=Nested)
+    flag: bool = False
+
+
+def write(tmp_path: Path, text: str, name: str = "rvq.yaml", folder: str = "mini") -> Path:
+    path = tmp_path / "configs" / folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_overrides_merge_into_typed_dataclasses(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.001\n  milestones: [10, 20]\nmodel:\n  inner:\n    depth: 4\n")
+    cfg = load_config(Stage, path, ["train.lr=1e-4", "model.inner.ratio=0.25", "model.names=[x,y]", "flag=true"])
+    assert isinstance(cfg, Stage) and isinstance(cfg.model.inner, Inner)
+    assert cfg.train.lr == pytest.approx(1e-4)              # override beats YAML
+    assert cfg.train.milestones == [10, 20]                  # YAML list kept
+    assert cfg.model.inner.depth == 4                        # YAML, nested two levels
+    assert cfg.model.inner.ratio == 0.25                     # override, nested two levels
+    assert cfg.model.names == ["x", "y"]
+    assert cfg.flag is True
+    assert cfg.train.batch_size == TrainConfig().batch_size  # untouched default
+
+
+def test_list_override_replaces_the_whole_list(tmp_path):
+    path = write(tmp_path, "train:\n  milestones: [1, 2, 3]\n")
+    cfg = load_config(Stage, path, ["train.milestones=[1000,2000]"])
+    assert cfg.train.milestones == [1000, 2000]
+    assert load_config(Stage, path, ["train.milestones=[]"]).train.milestones == []
+
+
+def test_int_given_for_float_is_converted(tmp_path):
+    cfg = load_config(Stage, None, ["train.lr=1"])
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+
+
+def test_unknown_yaml_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, path)
+    assert "train.lrr" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_override_key_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.inner\.dpth"):
+        load_config(Stage, None, ["model.inner.dpth=3"])
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, path)
+    assert "train.batch_size" in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ConfigError, match=r"train\.milestones"):
+        load_config(Stage, None, ["train.milestones=3"])
+    with pytest.raises(ConfigError, match=r"flag"):
+        load_config(Stage, None, ["flag=[1]"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Stage, None, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"not found"):
+        load_config(Stage, tmp_path / "nope.yaml")
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=hello") == ("a", "hello")
+
+
+def test_non_mapping_yaml_is_refused(tmp_path):
+    path = write(tmp_path, "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Stage, path)
+
+
+def test_to_dict_from_dict_and_saved_yaml_round_trip(tmp_path):
+    cfg = load_config(Stage, None, ["train.milestones=[5,7]", "model.names=[p,q]", "train.betas=[0.8,0.9]"])
+    d = to_dict(cfg)
+    assert d["train"]["milestones"] == [5, 7] and d["model"]["inner"] == {"depth": 2, "ratio": 0.5}
+    assert from_dict(Stage, d) == cfg
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(Stage, tmp_path / "run" / "config.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == d
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]   # no temp file left
+
+
+def test_from_dict_refuses_unknown_keys_naming_source():
+    with pytest.raises(ConfigError, match=r"ckpt\.pt.*inner\.width|inner\.width.*"):
+        from_dict(Nested, {"inner": {"width": 3}}, source="ckpt.pt")
+
+
+def test_stage_cli_defaults_and_overrides(tmp_path, monkeypatch):
+    write(tmp_path, "width: 32\n", name="toy.yaml", folder="mini")
+    monkeypatch.chdir(tmp_path)
+    cfg, args = stage_cli(ToyStageConfig, "toy", ["train.lr=0.5", "tags=[a,b]"])
+    assert args.config == "configs/mini/toy.yaml" and args.name == "mini" and args.runs_root == "runs"
+    assert not args.resume and not args.overwrite
+    assert cfg.width == 32 and cfg.train.lr == 0.5 and cfg.tags == ["a", "b"]
+
+
+def test_stage_cli_name_follows_the_config_folder(tmp_path):
+    path = write(tmp_path, "", name="toy.yaml", folder="humanml3d")
+    _, args = stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--resume", "--runs-root", "x"])
+    assert args.name == "humanml3d" and args.resume and args.runs_root == "x"
+
+
+def test_stage_cli_bad_key_exits_with_message(tmp_path, capsys):
+    path = write(tmp_path, "", name="toy.yaml")
+    with pytest.raises(SystemExit) as ex:
+        stage_cli(ToyStageConfig, "toy", ["--config", str(path), "train.nope=1"])
+    assert ex.value.code == 2
+    assert "train.nope" in capsys.readouterr().err
+
+
+def test_stage_cli_refuses_resume_with_overwrite(tmp_path, capsys):
+    path = write(tmp_path, "", name="toy.yaml")
+    with pytest.raises(SystemExit):
+        stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--resume", "--overwrite"])
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_help_lists_config_file_keys_types_defaults_and_sources(capsys):
+    with pytest.raises(SystemExit) as ex:
+        stage_cli(ToyStageConfig, "toy", ["--help"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    assert "configs/mini/toy.yaml" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  train.") or
+             line.startswith("  width") or line.startswith("  tags")}
+    assert "float" in lines["train.lr"] and "0.0002" in lines["train.lr"] and "paper §4.1" in lines["train.lr"]
+    assert "list[int]" in lines["train.milestones"] and "[]" in lines["train.milestones"]
+    assert "int" in lines["width"] and "16" in lines["width"]
+    assert "list[str]" in lines["tags"]
+    for flag in ("--config", "--name", "--runs-root", "--resume", "--overwrite"):
+        assert flag in out
