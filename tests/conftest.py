@@ -1,0 +1,34 @@
+"""Shared pytest fixtures.
+
+- `mini_root`: a small procedural mini dataset (48 motions, seed 0) in the HumanML3D layout, written once per
+  test session into a temporary folder (about 2 s). Treat it as read-only.
+- `real_motion_dir`: the real mocap fixture clips `<repo>/../shared/data/real_motion` (skips when absent).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MINI_NUM_MOTIONS = 48
+MINI_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory) -> Path:
+    """Path of a 48-motion mini dataset (seed 0), shared by the whole session; do not modify it."""
+    from datasets.mini import write_mini_dataset
+
+    out = tmp_path_factory.mktemp("mini_dataset") / "mini"
+    write_mini_dataset(out, num_motions=MINI_NUM_MOTIONS, seed=MINI_SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_motion_dir() -> Path:
+    """Folder of the real mocap fixtures (joints/<name>.npy (T, 22, 3), texts/, all.txt)."""
+    path = (REPO_ROOT / ".." / "shared" / "data" / "real_motion").resolve()
+    if not (path / "joints").is_dir():
+        pytest.skip(f"real motion fixtures not found at {path} (expected <repo>/../shared/data/real_motion)")
+    return path
