@@ -1,0 +1,282 @@
+"""Stick-figure pictures of joint motions (T, J, 3), y up: contact sheets (PNG) and animations (GIF / MP4).
+
+Orthographic side view: the image's horizontal axis is the motion's main horizontal direction of travel
+(or the facing direction of frame 0 when the root barely moves), its vertical axis is y. Left limbs are red,
+right limbs blue, the spine and head black, the floor y = 0 a faint grey line (as in the real_motion previews).
+
+    plot_contact_sheet([joints_a, joints_b], "sheet.png", titles=["a", "b"])   # rows = motions, cols = frames
+    plot_side_by_side(source, reconstruction, "recon.png", titles=["source", "reconstruction"])
+    save_animation(joints, "motion.gif", fps=20, title="a person walks")
+
+Files are written atomically (temporary file, then rename), so an existing picture is never left half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import animation  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datasets.skeleton import skeleton_info  # noqa: E402
+
+__all__ = ["plot_contact_sheet", "plot_side_by_side", "save_animation", "side_view_axis", "LEFT_COLOR",
+           "RIGHT_COLOR", "SPINE_COLOR"]
+
+LEFT_COLOR = "#d62728"    # red, as in the real_motion previews
+RIGHT_COLOR = "#1f77b4"   # blue
+SPINE_COLOR = "black"
+GROUND_COLOR = "0.75"
+
+
+def _as_joints(x, name: str, dataset: str) -> np.ndarray:
+    """Validate one motion and return it as a float numpy array (T, J, 3)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    J = skeleton_info(dataset).num_joints
+    if x.ndim != 3 or x.shape[1:] != (J, 3) or x.shape[0] < 1:
+        raise ValueError(f"{name}: expected joint positions of shape (T, J, 3) with T >= 1 and J={J} for dataset "
+                         f"{dataset!r}, got {tuple(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or Inf values; expected finite joint positions")
+    return x
+
+
+def _chain_colors(dataset: str) -> list[tuple[list[int], str]]:
+    """Each kinematic chain with its colour: by the side of its last joint (left red, right blue, else black)."""
+    info = skeleton_info(dataset)
+    out = []
+    for chain in info.kinematic_chain:
+        end = chain[-1]
+        color = LEFT_COLOR if end in info.mirror_left else RIGHT_COLOR if end in info.mirror_right else SPINE_COLOR
+        out.append((list(chain), color))
+    return out
+
+
+def side_view_axis(joints: np.ndarray, dataset: str = "t2m", min_travel: float = 0.3) -> np.ndarray:
+    """Unit horizontal direction (x, z) used as the picture's horizontal axis.
+
+    The principal direction of the root's horizontal path when it travels at least `min_travel` (same units as
+    the joints), oriented along the travel; otherwise the facing direction of frame 0.
+    """
+    root = joints[:, 0, [0, 2]]
+    travel = root - root[0]
+    if np.linalg.norm(travel, axis=-1).max() >= min_travel:
+        centred = root - root.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        axis = vt[0]
+        if np.dot(root[-1] - root[0], axis) < 0:
+            axis = -axis
+        return axis / np.linalg.norm(axis)
+    info = skeleton_info(dataset)
+    r_hip, l_hip, r_sh, l_sh = info.face_joint_idx
+    across = joints[0, r_hip] - joints[0, l_hip] + joints[0, r_sh] - joints[0, l_sh]
+    forward = np.cross([0.0, 1.0, 0.0], across)[[0, 2]]
+    n = np.linalg.norm(forward)
+    return forward / n if n > 1e-8 else np.array([0.0, 1.0])
+
+
+def _project(joints: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """(T, J, 3) -> (T, J, 2): (position along the horizontal axis, height)."""
+    return np.stack([joints[..., 0] * axis[0] + joints[..., 2] * axis[1], joints[..., 1]], axis=-1)
+
+
+def _limits(proj: np.ndarray, margin: float = 0.15) -> tuple[tuple[float, float], tuple[float, float]]:
+    lo, hi = proj.reshape(-1, 2).min(axis=0), proj.reshape(-1, 2).max(axis=0)
+    lo[1] = min(lo[1], 0.0)                      # always show the floor
+    span = max(hi[0] - lo[0], hi[1] - lo[1], 1e-3)
+    pad = margin * span
+    return (lo[0] - pad, hi[0] + pad), (lo[1] - pad, hi[1] + pad)
+
+
+def _draw_pose(ax, pose2d: np.ndarray, dataset: str, lw: float = 2.0) -> list:
+    lines = []
+    for chain, color in _chain_colors(dataset):
+        (line,) = ax.plot(pose2d[chain, 0], pose2d[chain, 1], color=color, lw=lw, solid_capstyle="round")
+        lines.append(line)
+    return lines
+
+
+def _atomic_save(path: Path, write) -> Path:
+    """Call write(tmp_path) and move the result onto `path` (same folder, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: Sequence[str] | None = None,
+                       dataset: str = "t2m", frames: int = 6, fps: float = 20.0) -> Path:
+    """One PNG grid: rows = motions, columns = `frames` evenly spaced frames of each motion.
+
+    Args:
+        joints_list: motions, each (T, J, 3) numpy or torch, y up
+        path:        output .png
+        titles:      one title per motion (row), or None
+        frames:      columns per row
+        fps:         only for the "t = ... s" labels (20 for HumanML3D)
+    Returns:
+        the path written
+    """
+    if isinstance(joints_list, np.ndarray) or hasattr(joints_list, "dim"):
+        # one motion (T, J, 3) or a stack of motions (N, T, J, 3)
+        joints_list = [joints_list] if joints_list.ndim == 3 else list(joints_list)
+    motions = [_as_joints(j, f"joints_list[{i}]", dataset) for i, j in enumerate(joints_list)]
+    if not motions:
+        raise ValueError("joints_list: expected at least one motion (T, J, 3), got an empty list")
+    if titles is not None and len(titles) != len(motions):
+        raise ValueError(f"titles: expected one title per motion ({len(motions)}), got {len(titles)}")
+    if int(frames) < 1:
+        raise ValueError(f"frames: expected an integer >= 1, got {frames!r}")
+    frames = int(frames)
+
+    fig, axes = plt.subplots(len(motions), frames, figsize=(1.7 * frames, 2.3 * len(motions)), squeeze=False,
+                             dpi=80)
+    for r, joints in enumerate(motions):
+        axis = side_view_axis(joints, dataset)
+        proj = _project(joints, axis)
+        xlim, ylim = _limits(proj)
+        idx = np.unique(np.linspace(0, len(joints) - 1, frames).round().astype(int))
+        for c in range(frames):
+            ax = axes[r, c]
+            ax.set_xlim(*xlim)
+            ax.set_ylim(*ylim)
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=6)
+            if c >= len(idx):
+                ax.axis("off")
+                continue
+            t = idx[c]
+            ax.axhline(0.0, color=GROUND_COLOR, lw=1.0, zorder=0)
+            ax.plot(proj[:, 0, 0], np.zeros(len(proj)), color=GROUND_COLOR, lw=3.0, alpha=0.4, zorder=0)
+            _draw_pose(ax, proj[t], dataset)
+            ax.set_title(f"t = {t / fps:.1f} s (frame {t})", fontsize=7)
+            if c > 0:
+                ax.set_yticklabels([])
+        label = titles[r] if titles is not None else f"motion {r}"
+        axes[r, 0].set_ylabel(f"{label}\n({len(joints)} frames)", fontsize=8)
+    fig.suptitle("side view along the main direction of travel; red = left, blue = right, black = spine",
+                 fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_side_by_side(a, b, path: str | os.PathLike, titles: Sequence[str] = ("source", "reconstruction"),
+                      dataset: str = "t2m", frames: int = 6, title: str = "") -> Path:
+    """Two motions (T, J, 3) as two rows of one contact sheet, for reconstruction-vs-source pictures.
+
+    Also accepts the form `plot_side_by_side([a, b], titles, path, ...)`. The rows show the same frame
+    indices (those of the shorter motion).
+    """
+    if isinstance(a, (list, tuple)) and len(a) == 2 and not isinstance(b, (np.ndarray,)) and not hasattr(b, "dim"):
+        (a, b), titles = a, b              # plot_side_by_side([source, recon], titles, path)
+    a = _as_joints(a, "a", dataset)
+    b = _as_joints(b, "b", dataset)
+    if titles is None or len(titles) != 2:
+        raise ValueError(f"titles: expected two titles (one per motion), got {titles!r}")
+    T = min(len(a), len(b))
+    titles = [f"{title} {t}".strip() for t in titles]
+    return plot_contact_sheet([a[:T], b[:T]], path, titles=titles, dataset=dataset, frames=frames)
+
+
+def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: float = 20.0, title: str = "") -> Path:
+    """Animate one motion (T, J, 3) as a GIF (Pillow) or, for a .mp4 path, an MP4 when ffmpeg is installed.
+
+    Without ffmpeg a .mp4 request writes a .gif next to it instead (with a warning). Returns the path written.
+    """
+    joints = _as_joints(joints, "joints", dataset)
+    if not fps > 0:
+        raise ValueError(f"fps: expected a number > 0, got {fps!r}")
+    path = Path(path)
+    if path.suffix.lower() not in (".gif", ".mp4"):
+        raise ValueError(f"path: expected a .gif or .mp4 file name, got {str(path)!r}")
+    if path.suffix.lower() == ".mp4" and (shutil.which("ffmpeg") is None or not animation.writers.is_available("ffmpeg")):
+        warnings.warn(f"save_animation: ffmpeg is not installed, writing {path.with_suffix('.gif')} instead of {path}")
+        path = path.with_suffix(".gif")
+
+    axis = side_view_axis(joints, dataset)
+    proj = _project(joints, axis)
+    xlim, ylim = _limits(proj)
+    width = 3.2
+    height = float(np.clip(width * (ylim[1] - ylim[0]) / (xlim[1] - xlim[0]), 1.6, 4.0)) + 0.4
+    fig, ax = plt.subplots(figsize=(width, height), dpi=90)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=6)
+    ax.axhline(0.0, color=GROUND_COLOR, lw=1.0, zorder=0)
+    ax.plot(proj[:, 0, 0], np.zeros(len(proj)), color=GROUND_COLOR, lw=3.0, alpha=0.4, zorder=0)
+    lines = _draw_pose(ax, proj[0], dataset)
+    chains = [c for c, _ in _chain_colors(dataset)]
+    label = ax.set_title("", fontsize=7)
+    fig.tight_layout()
+
+    def update(t):
+        for line, chain in zip(lines, chains):
+            line.set_data(proj[t, chain, 0], proj[t, chain, 1])
+        label.set_text(f"{title}  t = {t / fps:.1f} s".strip())
+        return lines + [label]
+
+    if path.suffix.lower() == ".mp4":
+        anim = animation.FuncAnimation(fig, update, frames=len(joints), interval=1000.0 / fps, blit=False)
+        try:
+            _atomic_save(path, lambda tmp: anim.save(tmp, writer=animation.FFMpegWriter(fps=fps)))
+        finally:
+            plt.close(fig)
+        return path
+
+    # GIF: draw the static background once and blit only the skeleton and the label per frame (matplotlib's
+    # animation writers redraw the whole figure, axes and ticks included, several times per frame: ~10x slower)
+    try:
+        for line in lines:
+            line.set_visible(False)
+        label.set_visible(False)
+        fig.canvas.draw()
+        background = fig.canvas.copy_from_bbox(fig.bbox)
+        for line in lines:
+            line.set_visible(True)
+        label.set_visible(True)
+        images = []
+        for t in range(len(joints)):
+            fig.canvas.restore_region(background)
+            for artist in update(t):
+                fig.draw_artist(artist)
+            rgba = np.asarray(fig.canvas.buffer_rgba())
+            images.append(Image.fromarray(rgba[..., :3].copy()))
+    finally:
+        plt.close(fig)
+    # one palette for all frames (few colours: white, greys, red, blue, black), so frames don't flicker
+    palette = images[0].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
+
+    def write(tmp):
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+                       duration=int(round(1000.0 / fps)), optimize=False)
+
+    _atomic_save(path, write)
+    return path
