@@ -62,6 +62,7 @@ class ToyTask(TrainTask):
         self.after_steps: list[int] = []
         self.seen_ids: list[str] = []
         self.counter = 0                              # extra state round trip
+        self.val_losses: list[float] = []
 
     def training_step(self, model, batch, step):
         pred = model(batch["x"])
@@ -83,7 +84,9 @@ class ToyTask(TrainTask):
         for batch in loader:
             total += nn.functional.mse_loss(self.model(batch["x"]), batch["y"], reduction="sum").item()
             n += len(batch["x"])
-        return {"val/loss": total / n}
+        torch.rand(3)   # like a sampling-based validation: must not shift the training RNG streams
+        self.val_losses.append(total / n)
+        return {"val/loss": total / n, "val/neg_loss": -total / n}
 
     def extra_state(self):
         return {"counter": self.counter}
