@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +342,11 @@ class TextTower(nn.Module):
         return self.head(self.features(texts))
 
 
+@functools.lru_cache(maxsize=1)
 def _tiny_tokenizer():
-    """The BERT-uncased WordPiece tokenizer shipped in the MiniLM package (= distilbert-base-uncased's vocab)."""
+    """The BERT-uncased WordPiece tokenizer shipped in the MiniLM package (= distilbert-base-uncased's vocab).
+
+    Loaded once per process and shared (tokenizing has no state we change)."""
     return _load_tokenizer(minilm_model_dir())
 
 

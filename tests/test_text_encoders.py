@@ -4,6 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~50x faster on one thread than on two contended ones (shared CPU); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 from models.text_encoders import (CLIP_TEXT_PREFIXES, CLIPTextConfig, CLIPTextEncoder, DistilBERTTower, MiniLMTower,
                                   TextEncoderError, build_text_encoder)
 

@@ -1,0 +1,722 @@
+"""The Part-Level BMM retriever (paper §2.1, §2.2) and the retrieval database the generator queries.
+
+    RetrieverConfig                    architecture + BMM hyper-parameters (saved in the checkpoint)
+    part_feature_indices(dataset)      the six body-part index sets into the D-vector (reference §6.3)
+    PartMotionEncoder(cfg)             motion (B, T, D), lengths (B,) -> (B, 512), L2-normalised
+    bmm_loss(q, k, queue, ...)         one direction of Eqs. 4 / 6
+    BMMRetriever(cfg)                  online + momentum encoders of both modalities, two FIFO queues
+    RetrievalDatabase                  (text, motion) features of the training split; top-k by cosine similarity
+    RetrievalResult                    r_t (B, k, 512), r_m (B, k, 512), indices (B, k), scores (B, k)
+
+Part split (reference §6.3, Part_TMR adapted from ParCo). Joint j >= 1 contributes its 12-vector
+[ric(3), rot6d(6), local velocity(3)], taken from the dims `4+3(j-1):+3`, `4+3(J-1)+6(j-1):+6` and `4+9(J-1)+3j:+3`.
+Root = root data (0:4) + the root's local velocity (3) = 7 dims. R_Leg also gets the right-foot contacts (D-2:D),
+L_Leg the left-foot contacts (D-4:D-2). t2m part widths: 7/50/50/60/60/60 (joint 9 is in Backbone, R_Arm and L_Arm).
+KIT widths: 7/62/62/48/48/48 (joint 3 is in three parts).
+Each part has its own transformer: Linear(part dims -> 512), a learnable summary token, sinusoidal positions,
+4 layers, 4 heads, a key-padding mask. The six summary outputs are concatenated (6·512) and projected to 512
+(dropout 0.5, paper.md §7), then L2-normalised. `part_level=False` is the whole-body variant ("global retrieval"
+ablation, paper §2.2, Table 4): one transformer over all D dims.
+
+BMM (paper Eqs. 1-7, Alg. 1). f_m, f_t are online; f̂_m, f̂_t are momentum copies updated by EMA with m = 0.99.
+Two queues of 65,536 momentum keys each (text keys Q_t: the negatives of motion→text; motion keys Q_m: the
+negatives of text→motion). Choices, each a config flag:
+- `in_batch_negatives` (default True, the official code). The logits of query i are [q_i·k_j for the B in-batch
+  momentum keys ; q_i·queue] / τ, with the positive k_i among them: B + K logits. With False we follow the paper's
+  Eq. 5: the positive q_i·k_i and the queue only, 1 + K logits.
+- `loss_reduction` "mean" (default, official code): each direction is the batch mean of the cross-entropy, and
+  L = (L_M2T + L_T2M) / 2. "sum" (the paper): each direction sums over the batch, and L = L_M2T + L_T2M (Eq. 7).
+  They differ by the constant factor 2B, which Adam's update is nearly invariant to.
+- `use_text_queue`, `use_motion_queue` (Table 5). Without a queue a direction uses the in-batch keys only.
+  Without a queue and without in-batch negatives a direction has no negatives, which the config refuses.
+- The queues start empty, and only filled entries act as negatives. (MoCo starts from random unit vectors instead.)
+- Order of operations. Keys are computed in `forward` with the current momentum weights. The EMA update and the
+  enqueue of this step's keys happen after the optimizer step (`after_optimizer_step`, paper Alg. 1). The official
+  code instead updates the momentum encoders at the start of each step, before computing the keys. Over a run the
+  two orders differ only at the first step.
+- Text backbone. When it is frozen (`text_freeze_backbone`, the MiniLM mini configs), its EMA copy would equal
+  itself. So the online and momentum text encoders share the backbone (and its caption cache), and only the
+  projection head has a momentum copy. A trained backbone (DistilBERT, paper) gets its own momentum copy.
+
+Retrieval database (paper §2.0 stage 1; reference §6.3). One row per caption per training entry, as the
+official build does. Each row holds the entry's motion feature (the full entry, up to `max_frames`), its caption's
+text feature, the motion id, the entry length and the caption. Features are L2-normalised once, at build and load.
+`query` is one matrix product and one top-k over the candidate pool, deduplicated by motion id. Candidates whose
+motion id is in `exclude_ids` are skipped. The official code does not exclude anything. Our training callers pass
+the batch's own motion ids by default (configurable there); we also exclude the mirrored id (`M<id>` ↔ `<id>`),
+since that is the same motion mirrored (`exclude_mirrors`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.text_encoders import TextTower, build_text_encoder, check_texts, momentum_copy
+
+_MOD = "models/retriever.py"
+DATABASE_FORMAT_VERSION = 1
+
+
+class RetrieverError(ValueError):
+    """Bad retriever argument, config or database; the message names it and says what was expected."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RetrieverConfig:
+    dataset: str = "t2m"             # "t2m" | "kit": feature width and part split (reference §6.3)
+    latent_dim: int = 512            # paper §2.1 (latent dim 512)
+    part_level: bool = True          # six parts (paper §2.1); False = whole-body "global retrieval" (paper §2.2)
+    layers: int = 4                  # paper §2.1 (ReMoGPT's 4-layer transformer)
+    heads: int = 4                   # reference §6.3 (Part_TMR: 4 heads)
+    ff_dim: int = 1024               # TMR / Part_TMR transformer ff size (gives the paper's 238M total with DistilBERT)
+    dropout: float = 0.1             # TMR transformer dropout
+    head_dropout: float = 0.5        # paper.md §7 (dropout 0.5 in the projection heads)
+    max_frames: int = 224            # reference §6.3 (Part_TMR max_motion_length); longer motions are cropped
+    text_encoder: str = "distilbert"  # paper §2.1; "minilm" = offline pretrained alternative (ARCHITECTURE.md §3)
+    text_path: str = ""              # local HF folder ("" = package folder for minilm; required for distilbert)
+    text_download: bool = False      # allow a hub download of distilbert-base-uncased (online only)
+    text_tiny: bool = False          # small random backbone (tests)
+    text_random_init: bool = False   # real backbone size, random weights (benchmarks, offline)
+    text_freeze_backbone: bool = False  # reference §6.4 trains the text tower (lr factor 1); mini freezes MiniLM
+    text_pooling: str = "mean"       # our choice (module docstring of models/text_encoders.py)
+    momentum: float = 0.99           # paper §2.1 m = 0.99 (reference §6.4; master branch 0.999)
+    temperature: float = 0.07        # paper §2.1 τ
+    queue_size: int = 65536          # paper §2.1 (both queues)
+    use_text_queue: bool = True      # Table 5
+    use_motion_queue: bool = True    # Table 5
+    in_batch_negatives: bool = True  # official code: [in-batch keys ; queue]; False = paper Eq. 5 (queue only)
+    loss_reduction: str = "mean"     # "mean": official ((m2t+t2m)/2 of batch means); "sum": paper Eqs. 4, 6, 7
+
+    def validate(self) -> None:
+        if self.dataset not in PART_JOINTS:
+            raise RetrieverError(f"{_MOD}: model.dataset must be one of {sorted(PART_JOINTS)}, got {self.dataset!r}")
+        if self.loss_reduction not in ("mean", "sum"):
+            raise RetrieverError(f"{_MOD}: model.loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise RetrieverError(f"{_MOD}: model.momentum must be in [0, 1], got {self.momentum}")
+        if self.temperature <= 0:
+            raise RetrieverError(f"{_MOD}: model.temperature must be > 0, got {self.temperature}")
+        if self.queue_size < 1:
+            raise RetrieverError(f"{_MOD}: model.queue_size must be >= 1, got {self.queue_size}")
+        if self.latent_dim % self.heads:
+            raise RetrieverError(f"{_MOD}: model.latent_dim ({self.latent_dim}) must be divisible by model.heads "
+                                 f"({self.heads})")
+        if not self.in_batch_negatives and not (self.use_text_queue and self.use_motion_queue):
+            raise RetrieverError(f"{_MOD}: with model.in_batch_negatives=false every direction needs its queue "
+                                 f"(use_text_queue={self.use_text_queue}, use_motion_queue={self.use_motion_queue}); "
+                                 f"otherwise a direction has no negatives at all")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Part split (reference §6.3)
+# ------------------------------------------------------------------------------------------------------------------
+
+PART_NAMES = ("root", "r_leg", "l_leg", "backbone", "r_arm", "l_arm")
+PART_JOINTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "t2m": {"r_leg": (2, 5, 8, 11), "l_leg": (1, 4, 7, 10), "backbone": (3, 6, 9, 12, 15),
+            "r_arm": (9, 14, 17, 19, 21), "l_arm": (9, 13, 16, 18, 20)},
+    "kit": {"r_leg": (11, 12, 13, 14, 15), "l_leg": (16, 17, 18, 19, 20), "backbone": (1, 2, 3, 4),
+            "r_arm": (3, 5, 6, 7), "l_arm": (3, 8, 9, 10)},
+}
+NUM_JOINTS = {"t2m": 22, "kit": 21}
+
+
+def feature_dim(dataset: str) -> int:
+    """D = 12J - 1 (reference §2.1): 263 for t2m, 251 for kit."""
+    return 12 * NUM_JOINTS[dataset] - 1
+
+
+def joint_feature_indices(j: int, num_joints: int) -> list[int]:
+    """The 12 dims of joint j >= 1 in the D-vector: ric (3), rot6d (6), local velocity (3). reference §5.3."""
+    jm = num_joints - 1
+    ric = list(range(4 + 3 * (j - 1), 4 + 3 * j))
+    rot = list(range(4 + 3 * jm + 6 * (j - 1), 4 + 3 * jm + 6 * j))
+    vel = list(range(4 + 9 * jm + 3 * j, 4 + 9 * jm + 3 * (j + 1)))
+    return ric + rot + vel
+
+
+def part_feature_indices(dataset: str = "t2m") -> dict[str, list[int]]:
+    """Index sets of the six parts into the D-vector, in PART_NAMES order (reference §6.3)."""
+    if dataset not in PART_JOINTS:
+        raise RetrieverError(f"{_MOD}: argument 'dataset' must be one of {sorted(PART_JOINTS)}, got {dataset!r}")
+    J = NUM_JOINTS[dataset]
+    D = feature_dim(dataset)
+    root_vel = list(range(4 + 9 * (J - 1), 4 + 9 * (J - 1) + 3))
+    out = {"root": [0, 1, 2, 3] + root_vel}
+    contacts = {"r_leg": [D - 2, D - 1], "l_leg": [D - 4, D - 3]}    # [fid_l(2), fid_r(2)] = dims D-4:D
+    for part, joints in PART_JOINTS[dataset].items():
+        idx = [i for j in joints for i in joint_feature_indices(j, J)]
+        out[part] = idx + contacts.get(part, [])
+    return {name: out[name] for name in PART_NAMES}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Motion encoder
+# ------------------------------------------------------------------------------------------------------------------
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """(length, dim) sin on even channels, cos on odd (Vaswani et al.)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
+    return pe
+
+
+class SequenceSummarizer(nn.Module):
+    """Linear(in_dim -> D), a learnable summary token, positions, a transformer; returns the summary token.
+
+    Args:  x (B, T, in_dim), pad (B, T) True on padded frames.   Returns (B, D).
+    """
+
+    def __init__(self, in_dim: int, cfg: RetrieverConfig):
+        super().__init__()
+        d = cfg.latent_dim
+        self.embed = nn.Linear(in_dim, d)
+        self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.register_buffer("pos", sinusoidal_table(cfg.max_frames + 1, d), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff_dim, cfg.dropout, activation="gelu",
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        h = torch.cat([self.summary.expand(B, 1, -1), self.embed(x)], dim=1) + self.pos[: T + 1]
+        mask = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
+        return self.encoder(self.drop(h), src_key_padding_mask=mask)[:, 0]
+
+
+class PartMotionEncoder(nn.Module):
+    """Part-level motion encoder f_pl (paper §2.1): six part transformers -> concat -> projection -> L2 norm.
+
+    forward(motion (B, T, D) normalised with the raw Std (reference §1.5), lengths (B,)) -> (B, latent_dim).
+    With `cfg.part_level=False` one "body" transformer sees all D dims (whole-body / global variant).
+    """
+
+    def __init__(self, cfg: RetrieverConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.dim = feature_dim(cfg.dataset)
+        if cfg.part_level:
+            splits = part_feature_indices(cfg.dataset)
+        else:
+            splits = {"body": list(range(self.dim))}
+        self.part_names = tuple(splits)
+        for name, idx in splits.items():
+            self.register_buffer(f"idx_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
+        self.parts = nn.ModuleDict({name: SequenceSummarizer(len(idx), cfg) for name, idx in splits.items()})
+        self.head = nn.Sequential(nn.Dropout(cfg.head_dropout),
+                                  nn.Linear(len(splits) * cfg.latent_dim, cfg.latent_dim))
+
+    def forward(self, motion: Tensor, lengths: Tensor) -> Tensor:
+        if motion.ndim != 3 or motion.shape[-1] != self.dim:
+            raise RetrieverError(f"{_MOD}: PartMotionEncoder expects motion (B, T, {self.dim}) for dataset "
+                                 f"{self.cfg.dataset!r}, got {tuple(motion.shape)}")
+        lengths = torch.as_tensor(lengths, device=motion.device).long()
+        if lengths.shape != (motion.shape[0],) or (lengths < 1).any():
+            raise RetrieverError(f"{_MOD}: PartMotionEncoder expects lengths (B,) >= 1 for B={motion.shape[0]}, got "
+                                 f"{lengths.tolist()}")
+        T = min(motion.shape[1], self.cfg.max_frames)       # Part_TMR crops to max_motion_length
+        motion, lengths = motion[:, :T], lengths.clamp(max=T)
+        pad = torch.arange(T, device=motion.device)[None, :] >= lengths[:, None]          # (B, T)
+        feats = [self.parts[n](motion.index_select(-1, getattr(self, f"idx_{n}")), pad) for n in self.part_names]
+        return F.normalize(self.head(torch.cat(feats, dim=-1)), dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BMM loss and the retriever
+# ------------------------------------------------------------------------------------------------------------------
+
+def bmm_loss(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, in_batch_negatives: bool = True,
+             reduction: str = "mean") -> Tensor:
+    """One direction of the BMM loss (paper Eq. 4 or 6).
+
+    Args:
+        q:     (B, D) online queries (L2-normalised), e.g. q^m_i = f_m(m_i) for motion→text
+        k:     (B, D) momentum keys of the paired modality; k_i is the positive of q_i
+        queue: (K, D) filled queue entries of the paired modality (negatives), or None
+    Returns:
+        scalar: Σ_i or mean_i of −log softmax(logits_i)[positive]. The logits are [q_i·k_j]_j (in-batch) ++
+        [q_i·queue]; without in-batch negatives they are [q_i·k_i] ++ [q_i·queue].
+    """
+    if in_batch_negatives:
+        logits = q @ k.t()
+        target = torch.arange(q.shape[0], device=q.device)
+    else:
+        logits = (q * k).sum(-1, keepdim=True)
+        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    if queue is not None and queue.shape[0] > 0:
+        logits = torch.cat([logits, q @ queue.t()], dim=1)
+    return F.cross_entropy(logits / temperature, target, reduction=reduction)
+
+
+def _gather_keys(x: Tensor) -> Tensor:
+    """Concatenate the keys of all processes under torch.distributed (identity in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class BMMRetriever(nn.Module):
+    """Part-Level BMM retriever (paper §2.1): online and momentum text/motion encoders and two key queues.
+
+    encode_text(texts) -> (B, 512), encode_motion(motion (B, T, D), lengths (B,)) -> (B, 512), both L2-normalised
+    (online encoders). forward(batch with "motion", "length", "caption") -> (loss, logs). After the optimizer step
+    call `after_optimizer_step()` (= momentum_update + enqueue of the keys of the forward passes since).
+    """
+
+    def __init__(self, cfg: RetrieverConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        # online encoders
+        self.motion_encoder = PartMotionEncoder(cfg)
+        tower = build_text_encoder(cfg.text_encoder, cfg.text_path or None, tiny=cfg.text_tiny,
+                                   random_init=cfg.text_random_init, download=cfg.text_download,
+                                   out_dim=cfg.latent_dim, freeze_backbone=cfg.text_freeze_backbone,
+                                   pooling=cfg.text_pooling, head_dropout=cfg.head_dropout)
+        if not isinstance(tower, TextTower):
+            raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
+                                 f"got {cfg.text_encoder!r}")
+        self.text_tower = tower
+        # momentum encoders (Alg. 1 line 1: copies of the online ones)
+        self.momentum_motion_encoder = momentum_copy(self.motion_encoder)
+        self.momentum_text_head = momentum_copy(tower.head)
+        self.momentum_text_backbone = None if tower.freeze_backbone else momentum_copy(tower.backbone)
+        # queues (FIFO ring buffers; both advance together, one pointer)
+        d = cfg.latent_dim
+        self.register_buffer("text_queue", torch.zeros(cfg.queue_size if cfg.use_text_queue else 0, d))
+        self.register_buffer("motion_queue", torch.zeros(cfg.queue_size if cfg.use_motion_queue else 0, d))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
+        self._pending: list[tuple[Tensor, Tensor]] = []
+
+    # ---- structure ---------------------------------------------------------------------------------------------
+    def _momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.motion_encoder, self.momentum_motion_encoder), (self.text_tower.head, self.momentum_text_head)]
+        if self.momentum_text_backbone is not None:
+            pairs.append((self.text_tower.backbone, self.momentum_text_backbone))
+        return pairs
+
+    def train(self, mode: bool = True) -> "BMMRetriever":
+        super().train(mode)
+        # momentum encoders produce keys without dropout noise in either mode (MoCo keeps them in train mode; with
+        # dropout 0.5 in the heads, deterministic keys are the better targets). Documented choice.
+        for _, twin in self._momentum_pairs():
+            twin.eval()
+        return self
+
+    def param_groups(self, base_lr: float, motion_factor: float = 10.0, text_factor: float = 1.0,
+                     head_factor: float = 10.0) -> list[dict]:
+        """Adam groups with the reference §6.4 lr factors: motion encoders ×10, text backbone ×1, heads ×10."""
+        head = list(self.motion_encoder.head.parameters()) + list(self.text_tower.head.parameters())
+        motion = list(self.motion_encoder.parts.parameters())
+        text = [p for p in self.text_tower.backbone.parameters() if p.requires_grad]
+        groups = [{"params": motion, "lr": base_lr * motion_factor, "name": "motion"},
+                  {"params": text, "lr": base_lr * text_factor, "name": "text"},
+                  {"params": head, "lr": base_lr * head_factor, "name": "head"}]
+        return [g for g in groups if g["params"]]
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """MoCo's rule: the queue size must be a multiple of the (global) batch size, so batches never straddle."""
+        if self.cfg.queue_size % batch_size:
+            raise RetrieverError(f"{_MOD}: model.queue_size ({self.cfg.queue_size}) must be a multiple of the batch "
+                                 f"size ({batch_size}); choose e.g. queue_size="
+                                 f"{max(1, self.cfg.queue_size // batch_size) * batch_size} or a batch size that "
+                                 f"divides {self.cfg.queue_size}")
+
+    # ---- encoders -----------------------------------------------------------------------------------------------
+    def encode_motion(self, motion: Tensor, lengths: Tensor) -> Tensor:
+        """motion (B, T, D), lengths (B,) -> (B, latent_dim) L2-normalised (online encoder)."""
+        return self.motion_encoder(motion, lengths)
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """B captions -> (B, latent_dim) L2-normalised (online encoder)."""
+        return F.normalize(self.text_tower(texts), dim=-1)
+
+    @torch.no_grad()
+    def momentum_keys(self, texts: Sequence[str], motion: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """k^t (B, latent_dim), k^m (B, latent_dim) from the momentum encoders (Eq. 3), L2-normalised."""
+        if self.momentum_text_backbone is None:
+            feats = self.text_tower.features(texts)                 # shared frozen backbone (cached)
+        else:
+            tower = self.text_tower
+            saved = tower.backbone
+            tower.backbone = self.momentum_text_backbone
+            try:
+                feats = tower.features(texts)
+            finally:
+                tower.backbone = saved
+        k_t = F.normalize(self.momentum_text_head(feats), dim=-1)
+        k_m = self.momentum_motion_encoder(motion, lengths)
+        return k_t, k_m
+
+    # ---- queues and EMA -----------------------------------------------------------------------------------------
+    def queue_entries(self, which: str) -> Tensor:
+        """(n, D) the filled entries of the "text" or "motion" queue (slot order; all negatives are equivalent)."""
+        q = self.text_queue if which == "text" else self.motion_queue
+        return q[: int(self.queue_count)]
+
+    def queue_fifo(self, which: str) -> Tensor:
+        """(n, D) the filled entries oldest first (for inspection / tests)."""
+        q = self.queue_entries(which)
+        if int(self.queue_count) < self.cfg.queue_size:
+            return q
+        return torch.roll(q, -int(self.queue_ptr), dims=0)
+
+    @torch.no_grad()
+    def dequeue_and_enqueue(self, k_t: Tensor, k_m: Tensor) -> None:
+        """Write the batch's momentum keys over the oldest entries (FIFO ring buffer, pointer wraps)."""
+        k_t, k_m = _gather_keys(k_t.detach()), _gather_keys(k_m.detach())
+        K = self.cfg.queue_size
+        n = k_t.shape[0]
+        if n > K:
+            k_t, k_m, n = k_t[-K:], k_m[-K:], K
+        ptr = int(self.queue_ptr)
+        slots = (ptr + torch.arange(n, device=k_t.device)) % K
+        if self.cfg.use_text_queue:
+            self.text_queue[slots] = k_t.to(self.text_queue.dtype)
+        if self.cfg.use_motion_queue:
+            self.motion_queue[slots] = k_m.to(self.motion_queue.dtype)
+        self.queue_ptr.fill_((ptr + n) % K)
+        self.queue_count.fill_(min(int(self.queue_count) + n, K))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """θ̂ ← m·θ̂ + (1 − m)·θ for both modalities (paper Eqs. 1, 2)."""
+        m = self.cfg.momentum
+        for online, twin in self._momentum_pairs():
+            src = [p.detach() for p in online.parameters()]
+            dst = list(twin.parameters())
+            torch._foreach_mul_(dst, m)
+            torch._foreach_add_(dst, src, alpha=1.0 - m)
+
+    def after_optimizer_step(self) -> None:
+        """EMA update, then enqueue the keys of the forward passes since the last call (Alg. 1, last two lines)."""
+        self.momentum_update()
+        for k_t, k_m in self._pending:
+            self.dequeue_and_enqueue(k_t, k_m)
+        self._pending.clear()
+
+    # ---- training forward ---------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """L_BMM of one batch: "motion" (B, T, D), "length" (B,), "caption" (B strings). Returns (loss, logs).
+
+        In training mode the momentum keys are kept for the next `after_optimizer_step`.
+        """
+        motion, lengths, texts = batch["motion"], batch["length"], batch["caption"]
+        q_m = self.encode_motion(motion, lengths)
+        q_t = self.encode_text(texts)
+        k_t, k_m = self.momentum_keys(texts, motion, lengths)
+        cfg = self.cfg
+        red = cfg.loss_reduction
+        loss_m2t = bmm_loss(q_m, k_t, self.queue_entries("text") if cfg.use_text_queue else None,
+                            cfg.temperature, cfg.in_batch_negatives, red)
+        loss_t2m = bmm_loss(q_t, k_m, self.queue_entries("motion") if cfg.use_motion_queue else None,
+                            cfg.temperature, cfg.in_batch_negatives, red)
+        loss = loss_m2t + loss_t2m if red == "sum" else 0.5 * (loss_m2t + loss_t2m)
+        if self.training:
+            self._pending.append((k_t, k_m))
+        with torch.no_grad():
+            sims = q_t @ q_m.t()
+            target = torch.arange(sims.shape[0], device=sims.device)
+            acc = (sims.argmax(1) == target).float().mean()
+        logs = {"loss": float(loss.detach()), "loss_m2t": float(loss_m2t.detach()),
+                "loss_t2m": float(loss_t2m.detach()), "batch_t2m_acc": float(acc),
+                "queue_fill": float(self.queue_count) / cfg.queue_size}
+        return loss, logs
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def weights_fingerprint(self) -> str:
+        """sha256 (16 hex) of the online encoders' weights: identifies the retriever a database was built with."""
+        return state_fingerprint(self.state_dict())
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu") -> "BMMRetriever":
+        """Rebuild from a `retriever` checkpoint alone (its config["model"]), eval mode."""
+        from utils.checkpoint import load_checkpoint, load_model_state
+        from utils.config import from_dict
+
+        ckpt = load_checkpoint(path, stage="retriever")
+        model = cls(from_dict(RetrieverConfig, ckpt["config"]["model"]))
+        load_model_state(model, ckpt["model"], path)
+        return model.to(device).eval()
+
+
+def state_fingerprint(state: dict[str, Tensor]) -> str:
+    """Hash of the inference weights (momentum copies and queues excluded) of a retriever state dict."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        if key.startswith("momentum_") or key in ("text_queue", "motion_queue", "queue_ptr", "queue_count"):
+            continue
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Retrieval database
+# ------------------------------------------------------------------------------------------------------------------
+
+class RetrievalResult(NamedTuple):
+    """Top-k retrieval for B queries. r_t, r_m (B, k, D) L2-normalised; indices (B, k) database rows;
+    scores (B, k) cosine similarities of the query text to the retrieved motion features."""
+    r_t: Tensor
+    r_m: Tensor
+    indices: Tensor
+    scores: Tensor
+
+
+def _canonical_id(mid: str) -> str:
+    """The id of the unmirrored motion (HumanML3D / KIT mirrored files are 'M' + id)."""
+    return mid[1:] if mid.startswith("M") and len(mid) > 1 else mid
+
+
+@dataclass
+class DatabaseMeta:
+    dataset: str                       # "t2m" | "kit"
+    feature_dim: int                   # D of the motions the database was encoded from
+    latent_dim: int
+    split: str
+    data_root: str
+    retriever_checkpoint: str          # path of the retriever checkpoint (as given at build time)
+    retriever_fingerprint: str         # state_fingerprint of its weights
+    extra: dict = field(default_factory=dict)
+
+
+class RetrievalDatabase:
+    """Encoded (text, motion) pairs of the training split; `query` ranks motions by cosine similarity.
+
+    Rows: text_feats (N, D), motion_feats (N, D) (L2-normalised), motion_ids (N) file ids, keys (N) entry keys,
+    lengths (N,) frames, captions (N). `meta` names the dataset and the retriever it was built with.
+    """
+
+    def __init__(self, text_feats: Tensor, motion_feats: Tensor, motion_ids: Sequence[str], captions: Sequence[str],
+                 lengths: Sequence[int], meta: DatabaseMeta, keys: Sequence[str] | None = None):
+        n = len(motion_ids)
+        if text_feats.shape[0] != n or motion_feats.shape[0] != n or len(captions) != n or len(lengths) != n:
+            raise RetrieverError(f"{_MOD}: RetrievalDatabase columns must all have N={n} rows, got text "
+                                 f"{tuple(text_feats.shape)}, motion {tuple(motion_feats.shape)}, {len(captions)} "
+                                 f"captions, {len(lengths)} lengths")
+        if n == 0:
+            raise RetrieverError(f"{_MOD}: RetrievalDatabase is empty (no rows); build it from a non-empty split")
+        self.text_feats = F.normalize(text_feats.detach().float(), dim=-1)     # normalised once here
+        self.motion_feats = F.normalize(motion_feats.detach().float(), dim=-1)
+        self.motion_ids = list(motion_ids)
+        self.keys = list(keys) if keys is not None else list(motion_ids)
+        self.captions = list(captions)
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.meta = meta
+        # motion id -> integer code (dedup), canonical id -> code (exclusion incl. mirrors)
+        self._id_code = {m: i for i, m in enumerate(dict.fromkeys(self.motion_ids))}
+        self.row_code = torch.tensor([self._id_code[m] for m in self.motion_ids], dtype=torch.long)
+        canon = [_canonical_id(m) for m in self.motion_ids]
+        self._canon_code = {m: i for i, m in enumerate(dict.fromkeys(canon))}
+        self.row_canon = torch.tensor([self._canon_code[m] for m in canon], dtype=torch.long)
+        self.num_motions = len(self._id_code)
+        self.max_rows_per_motion = int(torch.bincount(self.row_code).max())
+
+    def __len__(self) -> int:
+        return len(self.motion_ids)
+
+    def to(self, device: str | torch.device) -> "RetrievalDatabase":
+        self.text_feats, self.motion_feats = self.text_feats.to(device), self.motion_feats.to(device)
+        self.row_code, self.row_canon = self.row_code.to(device), self.row_canon.to(device)
+        return self
+
+    # ---- compatibility ------------------------------------------------------------------------------------------
+    def check_compatible(self, dataset: str | None = None, fingerprint: str | None = None,
+                         checkpoint: str | None = None, path: str = "<database>") -> None:
+        """Refuse a database of another dataset or another retriever (naming both)."""
+        m = self.meta
+        if dataset is not None and dataset != m.dataset:
+            raise RetrieverError(f"{_MOD}: {path}: this retrieval database was built from dataset {m.dataset!r} "
+                                 f"({m.data_root}), but dataset {dataset!r} is in use; rebuild it with "
+                                 f"`python train_retriever.py --build-db ...` for {dataset!r}")
+        if fingerprint is not None and fingerprint != m.retriever_fingerprint:
+            raise RetrieverError(f"{_MOD}: {path}: this retrieval database was built with retriever "
+                                 f"{m.retriever_checkpoint} (weights {m.retriever_fingerprint}), but retriever "
+                                 f"{checkpoint or '<in memory>'} (weights {fingerprint}) is in use; rebuild the "
+                                 f"database with `python train_retriever.py --build-db <that checkpoint>`")
+
+    # ---- query --------------------------------------------------------------------------------------------------
+    def query(self, text_emb: Tensor, k: int = 1, exclude_ids: Sequence[str] | None = None,
+              exclude_mirrors: bool = True) -> RetrievalResult:
+        """Top-k distinct motions for each query text embedding.
+
+        Args:
+            text_emb:    (B, D) query text embeddings from the retriever's text tower (normalised here).
+            k:           number of distinct motions per query.
+            exclude_ids: None, or B motion ids (one per query; str or None) whose rows must not be returned: the
+                         query's own motion during training. With `exclude_mirrors`, the mirrored id is excluded too.
+        Returns:
+            RetrievalResult(r_t (B, k, D), r_m (B, k, D), indices (B, k), scores (B, k)), scores descending.
+        """
+        if text_emb.ndim != 2 or text_emb.shape[-1] != self.motion_feats.shape[-1]:
+            raise RetrieverError(f"{_MOD}: query expects text_emb (B, {self.motion_feats.shape[-1]}), got "
+                                 f"{tuple(text_emb.shape)}")
+        B = text_emb.shape[0]
+        if B == 0:
+            raise RetrieverError(f"{_MOD}: query got no text (B = 0); give at least one non-empty prompt")
+        if exclude_ids is not None and len(exclude_ids) != B:
+            raise RetrieverError(f"{_MOD}: exclude_ids must hold one id per query (B={B}), got {len(exclude_ids)}")
+        available = self.num_motions - (1 if exclude_ids is not None else 0)
+        if not 1 <= k <= available:
+            raise RetrieverError(f"{_MOD}: k={k} must be in [1, {available}]: the database holds {self.num_motions} "
+                                 f"distinct motions" + (" (one is excluded per query)" if exclude_ids else ""))
+        device = self.motion_feats.device
+        q = F.normalize(text_emb.detach().to(device=device, dtype=self.motion_feats.dtype), dim=-1)
+        scores = q @ self.motion_feats.t()                                               # (B, N)
+        if exclude_ids is not None:
+            codes = self.row_canon if exclude_mirrors else self.row_code
+            table = self._canon_code if exclude_mirrors else self._id_code
+            ex = torch.tensor([table.get(_canonical_id(e) if exclude_mirrors else e, -1) if e is not None else -1
+                               for e in exclude_ids], device=device)
+            scores = scores.masked_fill(codes[None, :] == ex[:, None], float("-inf"))
+        # enough candidates to hold k distinct motions even if every better row repeats a motion
+        pool = min(len(self), (k - 1) * self.max_rows_per_motion + 1)
+        cand_scores, cand_idx = scores.topk(pool, dim=1)                                  # (B, pool), descending
+        if pool == k and self.max_rows_per_motion == 1:
+            idx, top = cand_idx, cand_scores
+            if not torch.isfinite(top).all():
+                raise RetrieverError(f"{_MOD}: fewer than k={k} distinct non-excluded motions in the database")
+        else:
+            idx, top = self._dedup(cand_idx, cand_scores, k)
+        return RetrievalResult(self.text_feats[idx], self.motion_feats[idx], idx, top)
+
+    def _dedup(self, cand_idx: Tensor, cand_scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Keep the first (best) candidate of each motion id, the k best of those. (B, pool) -> (B, k)."""
+        codes = self.row_code[cand_idx]                                                   # (B, pool)
+        pool = codes.shape[1]
+        same = codes[:, :, None] == codes[:, None, :]                                    # (B, pool, pool)
+        earlier = torch.ones(pool, pool, dtype=torch.bool, device=codes.device).tril(-1)
+        first = ~(same & earlier).any(-1) & torch.isfinite(cand_scores)                  # first occurrence
+        if (first.sum(1) < k).any():
+            raise RetrieverError(f"{_MOD}: fewer than k={k} distinct non-excluded motions in the database")
+        order = torch.argsort((~first).to(torch.int8), dim=1, stable=True)[:, :k]        # firsts, in score order
+        return cand_idx.gather(1, order), cand_scores.gather(1, order)
+
+    def retrieve(self, retriever: BMMRetriever, prompts: Sequence[str], k: int = 1,
+                 exclude_ids: Sequence[str] | None = None) -> RetrievalResult:
+        """Encode prompts with the retriever's text tower and query. Refuses empty prompts."""
+        prompts = check_texts(prompts, f"{_MOD}: RetrievalDatabase.retrieve prompts")
+        with torch.no_grad():
+            emb = retriever.encode_text(prompts)
+        return self.query(emb, k=k, exclude_ids=exclude_ids)
+
+    # ---- build / save / load ------------------------------------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def build(cls, retriever: BMMRetriever, dataset, batch_size: int = 64, checkpoint: str = "",
+              progress: bool = False) -> "RetrievalDatabase":
+        """Encode every text entry of `dataset` (a MotionTextDataset, normalised with the retriever's stats): one
+        row per caption of each entry; the motion feature is that of the entry's full motion (cropped to
+        max_frames)."""
+        corpus = dataset.corpus
+        entries = list(corpus.entries)
+        if not entries:
+            raise RetrieverError(f"{_MOD}: dataset {corpus.root}/{corpus.split}.txt has no text entries to encode")
+        if retriever.cfg.dataset != corpus.spec.name:
+            raise RetrieverError(f"{_MOD}: the retriever was trained on dataset {retriever.cfg.dataset!r} but the "
+                                 f"database split {corpus.root}/{corpus.split} is {corpus.spec.name!r}")
+        was_training = retriever.training
+        retriever.eval()
+        device = next(retriever.parameters()).device
+        max_t = retriever.cfg.max_frames
+        motion_rows, motion_ids, keys, lengths, captions, text_rows = [], [], [], [], [], []
+        it = range(0, len(entries), batch_size)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc="encode database", unit="batch")
+        for s in it:
+            chunk = entries[s:s + batch_size]
+            lens = [min(e.length, max_t) for e in chunk]
+            T = max(lens)
+            x = np.zeros((len(chunk), T, corpus.spec.dim), dtype=np.float32)
+            for i, e in enumerate(chunk):
+                x[i, :lens[i]] = dataset.normalize(corpus.entry_motion(e)[:lens[i]])
+            feats = retriever.encode_motion(torch.from_numpy(x).to(device), torch.tensor(lens, device=device)).cpu()
+            for i, e in enumerate(chunk):
+                for c in e.captions:
+                    motion_rows.append(feats[i])
+                    motion_ids.append(corpus.ids[e.motion])
+                    keys.append(e.key)
+                    lengths.append(e.length)
+                    captions.append(c.caption)
+        for s in range(0, len(captions), batch_size):
+            text_rows.append(retriever.encode_text(captions[s:s + batch_size]).cpu())
+        retriever.train(was_training)
+        meta = DatabaseMeta(dataset=corpus.spec.name, feature_dim=corpus.spec.dim,
+                            latent_dim=retriever.cfg.latent_dim, split=corpus.split, data_root=str(corpus.root),
+                            retriever_checkpoint=str(checkpoint), retriever_fingerprint=retriever.weights_fingerprint())
+        return cls(torch.cat(text_rows), torch.stack(motion_rows), motion_ids, captions, lengths, meta, keys)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One file, written atomically (temp file + os.replace); loadable with torch.load(weights_only=True)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obj = {"format_version": DATABASE_FORMAT_VERSION, "kind": "retrieval_database", "meta": asdict(self.meta),
+               "text_feats": self.text_feats.cpu(), "motion_feats": self.motion_feats.cpu(),
+               "motion_ids": self.motion_ids, "keys": self.keys, "captions": self.captions,
+               "lengths": self.lengths.cpu()}
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dataset: str | None = None, fingerprint: str | None = None,
+             checkpoint: str | None = None, map_location="cpu") -> "RetrievalDatabase":
+        """Load a saved database; with `dataset` / `fingerprint` given, refuse one built for something else."""
+        path = Path(path)
+        if not path.is_file():
+            raise RetrieverError(f"{_MOD}: retrieval database '{path}' does not exist; build it with "
+                                 f"`python train_retriever.py --build-db <retriever checkpoint>`")
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise RetrieverError(f"{_MOD}: {path}: not a readable retrieval database ({err})") from None
+        if not isinstance(obj, dict) or obj.get("kind") != "retrieval_database":
+            raise RetrieverError(f"{_MOD}: {path}: not a retrieval database (expected kind 'retrieval_database', "
+                                 f"got {obj.get('kind') if isinstance(obj, dict) else type(obj).__name__})")
+        if obj.get("format_version") != DATABASE_FORMAT_VERSION:
+            raise RetrieverError(f"{_MOD}: {path}: database format version {obj.get('format_version')}, expected "
+                                 f"{DATABASE_FORMAT_VERSION}; rebuild it with train_retriever.py --build-db")
+        db = cls(obj["text_feats"], obj["motion_feats"], obj["motion_ids"], obj["captions"], obj["lengths"].tolist(),
+                 DatabaseMeta(**obj["meta"]), obj["keys"])
+        db.check_compatible(dataset, fingerprint, checkpoint, str(path))
+        return db
+
+
+def default_database_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the database of a retriever checkpoint lives: `<ckpt dir>/<ckpt stem>_database.pt`."""
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}_database.pt")
