@@ -105,3 +105,28 @@ class ToyStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     width: int = 16          # toy MLP width
     tags: list[str] = field(default_factory=list)
+
+
+def main(argv=None) -> None:
+    """Train the toy task once; `python -m torch.distributed.run --nproc_per_node 2 -m tests.toy_task ...` runs
+    it under DDP (used by tests/test_distributed.py)."""
+    import argparse
+
+    from utils.run_dir import RunDir
+    from utils.training import Trainer
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--root", required=True)
+    p.add_argument("--name", default="ddp")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--accum-steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--dropout", type=float, default=0.0)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(batch_size=a.batch_size, accum_steps=a.accum_steps, max_steps=a.steps, lr=1e-2,
+                      device="cpu", log_every=1, val_every=3, ckpt_every=3)
+    Trainer(ToyTask(dropout=a.dropout), cfg, RunDir("toy", a.name, root=a.root), ToyDataset(64),
+            ToyDataset(16, seed=1), collate_fn=toy_collate).fit()
+
+
+if __name__ == "__main__":
+    main()
