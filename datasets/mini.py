@@ -932,15 +932,25 @@ class MiniSummary:
     seconds: float
 
 
+def _build_one(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Motion `index` for `seed` -> features (T-1, 263), recovered joints (T-1, 22, 3), text lines, family."""
+    from datasets.representation import default_target_offsets, features_to_joints, joints_to_features
+
+    seed, index = job
+    m = make_motion(seed, index)
+    x = joints_to_features(m.joints, default_target_offsets("t2m")).astype(np.float32)
+    joints = np.asarray(features_to_joints(x), dtype=np.float32)
+    return x, joints, [format_text_line(*c) for c in m.captions], m.family
+
+
 def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: int = 0, overwrite: bool = False,
-                       progress: bool = False) -> MiniSummary:
+                       progress: bool = False, workers: int = 1) -> MiniSummary:
     """Write the mini dataset to `out` in the HumanML3D layout (reference.md §1.1).
 
     The folder is built next to `out` under a temporary name and renamed into place at the end, so `out` is
-    either complete or untouched. An existing non-empty `out` is refused unless `overwrite`.
+    either complete or untouched. An existing non-empty `out` is refused unless `overwrite`. `workers` > 1
+    builds motions in that many processes; the files are identical for any number of workers.
     """
-    from datasets.representation import default_target_offsets, features_to_joints, joints_to_features
-
     t_start = time.perf_counter()
     if num_motions < 3:
         raise ValueError(f"datasets/mini.py: --num-motions must be at least 3 (one per split), got {num_motions}")
@@ -953,25 +963,32 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
     try:
         for sub in ("new_joint_vecs", "new_joints", "texts"):
             (tmp / sub).mkdir()
-        tgt = default_target_offsets("t2m")
         ids = [f"{i:06d}" for i in range(num_motions)]
         feats: dict[str, np.ndarray] = {}
         families: Counter = Counter()
         n_captions = 0
-        iterator = range(num_motions)
+        jobs = [(seed, i) for i in range(num_motions)]
+        if workers > 1:
+            import multiprocessing as mp
+            pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers)
+            results = pool.imap(_build_one, jobs, chunksize=8)   # ordered, so the output does not depend on workers
+        else:
+            pool, results = None, map(_build_one, jobs)
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(iterator, desc="mini motions", unit="motion")
-        for i in iterator:
-            m = make_motion(seed, i)
-            x = joints_to_features(m.joints, tgt).astype(np.float32)
-            feats[ids[i]] = x
-            _save_npy(tmp / "new_joint_vecs" / f"{ids[i]}.npy", x)
-            _save_npy(tmp / "new_joints" / f"{ids[i]}.npy", np.asarray(features_to_joints(x), dtype=np.float32))
-            lines = [format_text_line(*c) for c in m.captions]
-            (tmp / "texts" / f"{ids[i]}.txt").write_text("\n".join(lines) + "\n")
-            families["sequence" if "+" in m.family else m.family] += 1
-            n_captions += len(lines)
+            results = tqdm(results, total=num_motions, desc="mini motions", unit="motion")
+        try:
+            for (_, i), (x, joints, lines, family) in zip(jobs, results):
+                feats[ids[i]] = x
+                _save_npy(tmp / "new_joint_vecs" / f"{ids[i]}.npy", x)
+                _save_npy(tmp / "new_joints" / f"{ids[i]}.npy", joints)
+                (tmp / "texts" / f"{ids[i]}.txt").write_text("\n".join(lines) + "\n")
+                families["sequence" if "+" in family else family] += 1
+                n_captions += len(lines)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
         splits = split_ids(ids, seed)
         for name, members in splits.items():
             (tmp / f"{name}.txt").write_text("\n".join(members) + "\n")
@@ -1000,9 +1017,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-motions", type=int, default=2000, help="number of motions (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes building motions (default 1; the output is identical for any value)")
     args = parser.parse_args(argv)
     try:
-        s = write_mini_dataset(args.out, args.num_motions, args.seed, args.overwrite, progress=True)
+        s = write_mini_dataset(args.out, args.num_motions, args.seed, args.overwrite, progress=True,
+                               workers=args.workers)
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
