@@ -59,7 +59,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -349,9 +349,7 @@ class MotionCorpus:
                 if not spec.min_length <= sub_len < spec.max_length:
                     skip.setdefault("subclip_out_of_range", []).append(f"{fname} ({c.start}-{c.end} s: {sub_len} frames)")
                     continue
-                key = f"{rng.choice(SUBCLIP_LETTERS)}_{mid}"
-                while key in keys or key in id_set:
-                    key = f"{rng.choice(SUBCLIP_LETTERS)}_{mid}"
+                key = _subclip_key(rng, mid, lambda k: k in keys or k in id_set)
                 keys.add(key)
                 entries.append(Entry(key, i, start, end, [c]))
             if whole:
@@ -372,6 +370,25 @@ class MotionCorpus:
         n_sub = sum(1 for e in self.entries if e.key != self.ids[e.motion])
         log.info("%s/%s.txt: %d motions, %d entries (%d sub-clips)%s; skipped: %s", self.root, self.split,
                  len(self.ids), len(self.entries), n_sub, " [cache]" if self.from_cache else "", counts)
+
+
+def _subclip_key(rng: random.Random, mid: str, taken: Callable[[str], bool]) -> str:
+    """`<letter A..W>_<id>`, redrawn on collision (reference §1.3). The reference loops forever once all 23 letters
+    of an id are taken; we then append a counter to the letter (`A1_<id>`, ...), which only happens for ids with
+    more than 23 kept sub-clips."""
+    free = [c for c in SUBCLIP_LETTERS if not taken(f"{c}_{mid}")]
+    if free:
+        while True:
+            key = f"{rng.choice(SUBCLIP_LETTERS)}_{mid}"
+            if not taken(key):
+                return key
+    n = 1
+    while True:
+        key = f"{rng.choice(SUBCLIP_LETTERS)}{n}_{mid}"
+        if not taken(key):
+            return key
+        if all(taken(f"{c}{n}_{mid}") for c in SUBCLIP_LETTERS):
+            n += 1
 
 
 def _read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
