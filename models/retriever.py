@@ -78,7 +78,8 @@ class RetrieverError(ValueError):
 @dataclass
 class RetrieverConfig:
     dataset: str = "t2m"             # "t2m" | "kit": feature width and part split (reference §6.3)
-    latent_dim: int = 512            # paper §2.1 (latent dim 512)
+    latent_dim: int = 512            # paper §2.1 (latent dim 512): the retrieved R_t / R_m width
+    part_width: int = 512            # paper §2.1: width of each part transformer (mini configs: smaller)
     part_level: bool = True          # six parts (paper §2.1); False = whole-body "global retrieval" (paper §2.2)
     layers: int = 4                  # paper §2.1 (ReMoGPT's 4-layer transformer)
     heads: int = 4                   # reference §6.3 (Part_TMR: 4 heads)
@@ -112,8 +113,8 @@ class RetrieverConfig:
             raise RetrieverError(f"{_MOD}: model.temperature must be > 0, got {self.temperature}")
         if self.queue_size < 1:
             raise RetrieverError(f"{_MOD}: model.queue_size must be >= 1, got {self.queue_size}")
-        if self.latent_dim % self.heads:
-            raise RetrieverError(f"{_MOD}: model.latent_dim ({self.latent_dim}) must be divisible by model.heads "
+        if self.part_width % self.heads:
+            raise RetrieverError(f"{_MOD}: model.part_width ({self.part_width}) must be divisible by model.heads "
                                  f"({self.heads})")
         if not self.in_batch_negatives and not (self.use_text_queue and self.use_motion_queue):
             raise RetrieverError(f"{_MOD}: with model.in_batch_negatives=false every direction needs its queue "
@@ -181,12 +182,12 @@ def sinusoidal_table(length: int, dim: int) -> Tensor:
 class SequenceSummarizer(nn.Module):
     """Linear(in_dim -> D), a learnable summary token, positions, a transformer; returns the summary token.
 
-    Args:  x (B, T, in_dim), pad (B, T) True on padded frames.   Returns (B, D).
+    Args:  x (B, T, in_dim), pad (B, T) True on padded frames.   Returns (B, D), D = cfg.part_width.
     """
 
     def __init__(self, in_dim: int, cfg: RetrieverConfig):
         super().__init__()
-        d = cfg.latent_dim
+        d = cfg.part_width
         self.embed = nn.Linear(in_dim, d)
         self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.register_buffer("pos", sinusoidal_table(cfg.max_frames + 1, d), persistent=False)
@@ -223,7 +224,7 @@ class PartMotionEncoder(nn.Module):
             self.register_buffer(f"idx_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.parts = nn.ModuleDict({name: SequenceSummarizer(len(idx), cfg) for name, idx in splits.items()})
         self.head = nn.Sequential(nn.Dropout(cfg.head_dropout),
-                                  nn.Linear(len(splits) * cfg.latent_dim, cfg.latent_dim))
+                                  nn.Linear(len(splits) * cfg.part_width, cfg.latent_dim))
 
     def forward(self, motion: Tensor, lengths: Tensor) -> Tensor:
         if motion.ndim != 3 or motion.shape[-1] != self.dim:
@@ -327,15 +328,16 @@ class BMMRetriever(nn.Module):
             twin.eval()
         return self
 
-    def param_groups(self, base_lr: float, motion_factor: float = 10.0, text_factor: float = 1.0,
+    def param_groups(self, motion_factor: float = 10.0, text_factor: float = 1.0,
                      head_factor: float = 10.0) -> list[dict]:
-        """Adam groups with the reference §6.4 lr factors: motion encoders ×10, text backbone ×1, heads ×10."""
+        """Optimizer groups with lr factors (× train.lr), reference §6.4: motion encoders ×10, text backbone ×1,
+        projection heads ×10. Only trainable parameters; the momentum copies are never optimised."""
         head = list(self.motion_encoder.head.parameters()) + list(self.text_tower.head.parameters())
         motion = list(self.motion_encoder.parts.parameters())
         text = [p for p in self.text_tower.backbone.parameters() if p.requires_grad]
-        groups = [{"params": motion, "lr": base_lr * motion_factor, "name": "motion"},
-                  {"params": text, "lr": base_lr * text_factor, "name": "text"},
-                  {"params": head, "lr": base_lr * head_factor, "name": "head"}]
+        groups = [{"params": motion, "lr_factor": motion_factor, "name": "motion"},
+                  {"params": text, "lr_factor": text_factor, "name": "text"},
+                  {"params": head, "lr_factor": head_factor, "name": "head"}]
         return [g for g in groups if g["params"]]
 
     def check_batch_size(self, batch_size: int) -> None:

@@ -21,7 +21,7 @@ from models.retriever import (BMMRetriever, PartMotionEncoder, RetrieverConfig, 
 
 
 def tiny_cfg(**kw) -> RetrieverConfig:
-    base = dict(dataset="t2m", latent_dim=16, layers=1, heads=2, ff_dim=32, dropout=0.0, head_dropout=0.0,
+    base = dict(dataset="t2m", latent_dim=16, part_width=8, layers=1, heads=2, ff_dim=32, dropout=0.0, head_dropout=0.0,
                 max_frames=32, text_encoder="minilm", text_tiny=True, text_freeze_backbone=True, queue_size=8)
     base.update(kw)
     return RetrieverConfig(**base)
@@ -95,7 +95,7 @@ def test_part_encoder_shape_norm_and_padding_invariance():
 def test_whole_body_variant_has_one_part():
     enc = PartMotionEncoder(tiny_cfg(part_level=False))
     assert enc.part_names == ("body",) and enc.parts["body"].embed.in_features == 263
-    assert enc.head[1].in_features == 16
+    assert enc.head[1].in_features == 8 and enc.head[1].out_features == 16
 
 
 def test_part_encoder_rejects_wrong_width():
@@ -178,9 +178,12 @@ def test_trainable_text_backbone_gets_a_momentum_copy():
     model = BMMRetriever(tiny_cfg(text_encoder="distilbert", text_freeze_backbone=False))
     assert model.momentum_text_backbone is not None
     assert not any(p.requires_grad for p in model.momentum_text_backbone.parameters())
-    names = [g["name"] for g in model.param_groups(1e-5)]
-    lrs = [g["lr"] for g in model.param_groups(1e-5)]
-    assert names == ["motion", "text", "head"] and lrs == pytest.approx([1e-4, 1e-5, 1e-4])
+    groups = model.param_groups()
+    assert [g["name"] for g in groups] == ["motion", "text", "head"]
+    assert [g["lr_factor"] for g in groups] == [10.0, 1.0, 10.0]                 # reference §6.4
+    n_opt = sum(p.numel() for g in groups for p in g["params"])
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n_opt == n_train                                                      # momentum copies excluded
 
 
 # ----------------------------------------------------------------------------------------------------------- loss
@@ -266,7 +269,7 @@ def test_tiny_overfit_loss_falls():
     # in-batch negatives only: on one repeated batch a queue would hold the positives' own keys as negatives
     model = BMMRetriever(tiny_cfg(use_text_queue=False, use_motion_queue=False, momentum=0.5)).train()
     b = tiny_batch()
-    opt = torch.optim.Adam([p for g in model.param_groups(1e-3, 1, 1, 1) for p in g["params"]], lr=1e-3)
+    opt = torch.optim.Adam([p for g in model.param_groups() for p in g["params"]], lr=1e-3)
     losses = []
     for _ in range(30):
         loss, logs = model(b)

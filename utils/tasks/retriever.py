@@ -1,0 +1,251 @@
+"""The retriever stage: training task, database build and retrieval evaluation (paper §2.1, reference §6.4, §8).
+
+    RetrieverStageConfig                          data / model / train / retriever blocks (configs/*/retriever.yaml)
+    RetrieverTask(cfg, val_set)                   the TrainTask of utils.training.Trainer
+    load_retriever(ckpt_path, device)             BMMRetriever rebuilt from its checkpoint alone
+    build_database(ckpt_path, data_cfg, split="train") -> RetrievalDatabase   (saved next to the checkpoint)
+    evaluate_retriever(ckpt_path, data_cfg, split="test", protocols=(...), device="cpu") -> {protocol: metrics}
+    retrieval_markdown(results, title) -> str     a labelled markdown table of those metrics
+
+Training (reference §6.4): Adam, base lr 1e-5, with lr factors motion ×10 / text ×1 / heads ×10 (`param_groups`),
+cosine annealing, batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
+reference §1.5). The momentum EMA and the enqueue of the step's keys run in `after_optimizer_step`, after every
+optimizer step. With gradient accumulation each micro-batch's keys are enqueued in order.
+
+Validation runs each `val_every` steps on the **val** split. Each val entry contributes its first caption and its
+full motion; the protocol is "guo" (TMR protocol (d): batches of 32, for speed). The best checkpoint maximises
+val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal".
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from datasets.motion_dataset import DataConfig, MotionTextDataset, build_dataset
+from models.retriever import (BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
+                              default_database_path)
+from utils.retrieval_metrics import GUO_BATCH, PROTOCOLS, protocol_guo, protocol_normal, retrieval_protocols
+from utils.training import TrainConfig, TrainTask
+
+log = logging.getLogger("remomask.retriever")
+_MOD = "utils/tasks/retriever.py"
+
+
+@dataclass
+class RetrieverRunConfig:
+    motion_lr_factor: float = 10.0   # reference §6.4 (× train.lr)
+    text_lr_factor: float = 1.0      # reference §6.4
+    head_lr_factor: float = 10.0     # reference §6.4
+    val_protocol: str = "guo"        # TMR protocol (d) on val, batches of 32 (reference §8); "normal" for tiny splits
+    build_database: bool = True      # build the retrieval database from the train split after training
+    database_batch_size: int = 64    # encoding batch of the database build / evaluation (no effect on results)
+
+
+def _retriever_data() -> DataConfig:
+    return DataConfig(feat_bias=1.0)   # reference §1.5: Part_TMR normalises with the raw Std
+
+
+def _retriever_train() -> TrainConfig:
+    return TrainConfig(batch_size=128, epochs=200, lr=1e-5, optimizer="adam", schedule="cosine",
+                       betas=[0.9, 0.999], weight_decay=0.0)   # reference §6.4 (Adam defaults), paper §2.1
+
+
+@dataclass
+class RetrieverStageConfig:
+    data: DataConfig = field(default_factory=_retriever_data)
+    model: RetrieverConfig = field(default_factory=RetrieverConfig)
+    train: TrainConfig = field(default_factory=_retriever_train)
+    retriever: RetrieverRunConfig = field(default_factory=RetrieverRunConfig)
+
+
+def check_stage_config(cfg: RetrieverStageConfig) -> None:
+    """Refuse mismatched data / model settings, naming both keys."""
+    if cfg.data.dataset != cfg.model.dataset:
+        raise RetrieverError(f"{_MOD}: data.dataset={cfg.data.dataset!r} but model.dataset={cfg.model.dataset!r}; "
+                             f"set both to the same dataset")
+    if cfg.data.feat_bias != 1.0:
+        log.warning("data.feat_bias=%s: the reference retriever uses the raw Std (feat_bias 1, reference §1.5)",
+                    cfg.data.feat_bias)
+    if cfg.retriever.val_protocol not in ("guo", "normal"):
+        raise RetrieverError(f"{_MOD}: retriever.val_protocol must be 'guo' or 'normal', got "
+                             f"{cfg.retriever.val_protocol!r}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Embedding a split
+# ------------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def embed_split(retriever: BMMRetriever, dataset: MotionTextDataset, batch_size: int = 64,
+                first_caption_only: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Text and motion embeddings of every entry of a split (deterministic: full motions, no random crop).
+
+    Each entry contributes its first caption (TMR protocols: "the first annotation", reference §8) and its full
+    motion, cropped to the model's max_frames. Returns (text_emb (N, D), motion_emb (N, D), captions, ids).
+    """
+    corpus = dataset.corpus
+    entries = list(corpus.entries)
+    device = next(retriever.parameters()).device
+    was_training = retriever.training
+    retriever.eval()
+    max_t = retriever.cfg.max_frames
+    t_out, m_out, captions, ids = [], [], [], []
+    for s in range(0, len(entries), batch_size):
+        chunk = entries[s:s + batch_size]
+        lens = [min(e.length, max_t) for e in chunk]
+        x = np.zeros((len(chunk), max(lens), corpus.spec.dim), dtype=np.float32)
+        for i, e in enumerate(chunk):
+            x[i, :lens[i]] = dataset.normalize(corpus.entry_motion(e)[:lens[i]])
+        caps = [e.captions[0].caption for e in chunk]
+        m_out.append(retriever.encode_motion(torch.from_numpy(x).to(device), torch.tensor(lens, device=device)).cpu())
+        t_out.append(retriever.encode_text(caps).cpu())
+        captions += caps
+        ids += [e.key for e in chunk]
+    retriever.train(was_training)
+    return torch.cat(t_out).numpy(), torch.cat(m_out).numpy(), captions, ids
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The training task
+# ------------------------------------------------------------------------------------------------------------------
+
+class RetrieverTask(TrainTask):
+    """BMM training of the part-level retriever (utils.training.TrainTask)."""
+    stage = "retriever"
+    best_metric = "val/R01_sum"
+    best_mode = "max"
+
+    def __init__(self, cfg: RetrieverStageConfig, val_set: MotionTextDataset | None = None):
+        check_stage_config(cfg)
+        self.cfg = cfg
+        self.model = BMMRetriever(cfg.model)
+        self.model.check_batch_size(cfg.train.batch_size)
+        self.val_set = val_set
+
+    def training_step(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        return model(batch)                     # through the (DDP-wrapped) forward: L_BMM and its logs
+
+    def param_groups(self) -> list[dict]:
+        r = self.cfg.retriever
+        return self.model.param_groups(r.motion_lr_factor, r.text_lr_factor, r.head_lr_factor)
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.model.after_optimizer_step()        # EMA (Eqs. 1-2), then enqueue this step's momentum keys
+
+    def validate(self, loader) -> dict[str, float]:
+        """Retrieval metrics on the val split (the loader's random crops are not used: full motions)."""
+        if self.val_set is None:
+            return {}
+        text, motion, _, ids = embed_split(self.model, self.val_set, self.cfg.retriever.database_batch_size)
+        if self.cfg.retriever.val_protocol == "guo" and len(ids) >= GUO_BATCH:
+            metrics = protocol_guo(text, motion, ids)
+        else:
+            metrics = protocol_normal(text, motion)
+        out = {f"val/{k}": float(v) for k, v in metrics.items()}
+        out["val/R01_sum"] = out["val/t2m/R01"] + out["val/m2t/R01"]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoint-based tools: load, database, evaluation
+# ------------------------------------------------------------------------------------------------------------------
+
+def load_retriever(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[BMMRetriever, dict]:
+    """(retriever in eval mode, the checkpoint's config dict) from a `retriever` checkpoint."""
+    from utils.checkpoint import load_checkpoint, load_model_state
+    from utils.config import from_dict
+
+    ckpt = load_checkpoint(ckpt_path, stage="retriever")
+    config = ckpt["config"]
+    model = BMMRetriever(from_dict(RetrieverConfig, config["model"], f"{ckpt_path}: config.model"))
+    load_model_state(model, ckpt["model"], ckpt_path)
+    return model.to(device).eval(), config
+
+
+def _data_for(ckpt_config: dict, data_cfg: DataConfig, ckpt_path) -> DataConfig:
+    """The user's data config with the normalisation the retriever was trained with; refuses another dataset."""
+    trained = ckpt_config.get("data", {})
+    model_ds = ckpt_config["model"].get("dataset", "t2m")
+    if data_cfg.dataset != model_ds:
+        raise RetrieverError(f"{_MOD}: retriever {ckpt_path} was trained on dataset {model_ds!r} but "
+                             f"data.dataset={data_cfg.dataset!r}; use a retriever of that dataset")
+    bias = float(trained.get("feat_bias", 1.0))
+    if data_cfg.feat_bias != bias:
+        log.info("using feat_bias=%s of retriever %s (data config had %s)", bias, ckpt_path, data_cfg.feat_bias)
+    return dataclasses.replace(data_cfg, feat_bias=bias)
+
+
+def build_database(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "train", device: str = "cpu",
+                   out_path: str | Path | None = None, save: bool = True, batch_size: int = 64,
+                   progress: bool = True) -> RetrievalDatabase:
+    """Encode `split` with the retriever of `ckpt_path` and save it to `default_database_path(ckpt_path)`
+    (or `out_path`). One row per caption per entry (reference §6.3)."""
+    retriever, config = load_retriever(ckpt_path, device)
+    data_cfg = _data_for(config, data_cfg, ckpt_path)
+    dataset = build_dataset(data_cfg, split, "text")
+    db = RetrievalDatabase.build(retriever, dataset, batch_size=batch_size, checkpoint=str(ckpt_path),
+                                 progress=progress)
+    if save:
+        path = Path(out_path) if out_path else default_database_path(ckpt_path)
+        db.save(path)
+        log.info("retrieval database: %d rows (%d motions) from %s/%s -> %s", len(db), db.num_motions,
+                 data_cfg.root, split, path)
+    return db
+
+
+def load_database_for(ckpt_path: str | Path, retriever: BMMRetriever, dataset: str,
+                      db_path: str | Path | None = None) -> RetrievalDatabase:
+    """The database of a retriever checkpoint, refused if built from another dataset or other weights."""
+    path = Path(db_path) if db_path else default_database_path(ckpt_path)
+    return RetrievalDatabase.load(path, dataset=dataset, fingerprint=retriever.weights_fingerprint(),
+                                  checkpoint=str(ckpt_path))
+
+
+def evaluate_retriever(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "test",
+                       protocols: Sequence[str] = PROTOCOLS, device: str = "cpu",
+                       sentence_encoder=None, nsim_ids: Sequence[str] | None = None,
+                       batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """TMR retrieval protocols (reference §8) of a retriever checkpoint on one split.
+
+    Each entry contributes its first caption and its full motion. "threshold" and "nsim" (without `nsim_ids`) use
+    caption similarities from `sentence_encoder` (default all-MiniLM-L6-v2, see utils.retrieval_metrics).
+    Returns {protocol: {"t2m/R01": ..., "m2t/MedR": ...}}.
+    """
+    retriever, config = load_retriever(ckpt_path, device)
+    data_cfg = _data_for(config, data_cfg, ckpt_path)
+    dataset = build_dataset(data_cfg, split, "text")
+    if nsim_ids is None:
+        nsim_file = Path(data_cfg.root) / "nsim_test.txt"
+        if "nsim" in protocols and split == "test" and nsim_file.is_file():
+            from utils.retrieval_metrics import read_nsim_list
+            nsim_ids = read_nsim_list(str(nsim_file))
+    text, motion, captions, ids = embed_split(retriever, dataset, batch_size)
+    return retrieval_protocols(text, motion, captions, ids, protocols=protocols, sentence_encoder=sentence_encoder,
+                               nsim_ids=nsim_ids)
+
+
+RETRIEVAL_COLUMNS = ("R01", "R02", "R03", "R05", "R10", "MedR")
+
+
+def retrieval_markdown(results: dict[str, dict[str, float]], title: str = "Retriever", note: str = "") -> str:
+    """A markdown table: one row per protocol and direction, columns R@1..R@10 and MedR."""
+    lines = [f"### {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines.append("| protocol | direction | " + " | ".join(c.replace("R0", "R@").replace("R10", "R@10")
+                                                         for c in RETRIEVAL_COLUMNS) + " |")
+    lines.append("|---|---|" + "---|" * len(RETRIEVAL_COLUMNS))
+    for proto, metrics in results.items():
+        for direction in ("t2m", "m2t"):
+            vals = [metrics.get(f"{direction}/{c}") for c in RETRIEVAL_COLUMNS]
+            cells = ["–" if v is None else f"{v:.2f}" for v in vals]
+            lines.append(f"| {proto} | {'text→motion' if direction == 't2m' else 'motion→text'} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
