@@ -38,6 +38,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _distributed() -> bool:
+    """True inside an initialised torch.distributed process group (torchrun): codebook statistics are all-reduced
+    so every rank keeps identical codebooks."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 @dataclass
 class QuantizerStats:
     """Code usage of one forward pass, per level (tensors of shape (Q,)).
@@ -123,6 +129,8 @@ class Codebook(nn.Module):
     def init_from(self, x: Tensor) -> None:
         """Codebook = K vectors of the batch x (N, d); EMA sum = codebook, count = 1."""
         codes = self._draw_vectors(x.detach().float(), self.nb_code)
+        if _distributed():
+            torch.distributed.broadcast(codes, src=0)
         self.codebook.copy_(codes)
         self.code_sum.copy_(codes)
         self.code_count.fill_(1.0)
@@ -141,11 +149,16 @@ class Codebook(nn.Module):
         onehot = F.one_hot(idx, self.nb_code).to(x.dtype)          # (N, K)
         batch_sum = onehot.t() @ x                                 # (K, d)
         batch_count = onehot.sum(0)                                # (K,)
+        if _distributed():                                         # the EMA sees the global batch under DDP
+            torch.distributed.all_reduce(batch_sum)
+            torch.distributed.all_reduce(batch_count)
         self.code_sum.mul_(self.mu).add_(batch_sum, alpha=1.0 - self.mu)
         self.code_count.mul_(self.mu).add_(batch_count, alpha=1.0 - self.mu)
         live = (self.code_count >= self.reset_threshold).unsqueeze(-1).to(x.dtype)
         updated = self.code_sum / self.code_count.clamp_min(1e-12).unsqueeze(-1)
         random_codes = self._draw_vectors(x, self.nb_code)
+        if _distributed():                                         # every rank resets dead codes to rank 0's draw
+            torch.distributed.broadcast(random_codes, src=0)
         self.codebook.copy_(live * updated + (1.0 - live) * random_codes)
 
 
@@ -197,6 +210,10 @@ class ResidualVQ(nn.Module):
             stats: QuantizerStats
         """
         self._check(x)
+        with torch.autocast(x.device.type, enabled=False):     # distances and codes in float32 under bf16/fp16
+            return self._forward(x.float(), num_levels)
+
+    def _forward(self, x: Tensor, num_levels: int | None):
         n, t, d = x.shape
         active = self.num_active_levels() if num_levels is None else int(num_levels)
         if not 1 <= active <= self.num_quantizers:

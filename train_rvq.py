@@ -1,0 +1,41 @@
+"""Train the 2D residual VQ-VAE tokenizer (RVQVAE2D, paper §2.3).
+
+    python train_rvq.py --config configs/mini/rvq.yaml [--name NAME] [--resume | --overwrite] [key=value ...]
+    python train_rvq.py --config configs/humanml3d/rvq.yaml data.root=/path/to/HumanML3D
+
+Random windows of the train split (data.window_size frames, normalised with the feat_bias statistics) train the
+tokenizer; every train.val_every steps the val split is scored (MPJPE in mm on recovered joints, feature L1,
+codebook usage) and the best checkpoint by val MPJPE is kept. Outputs go to runs/rvq/<name>/: config.yaml,
+checkpoints/{last,best}.pt, tensorboard events (tb/), and recon.png, a val motion next to its reconstruction.
+"""
+from __future__ import annotations
+
+import sys
+
+from datasets.motion_dataset import build_dataset, collate
+from utils.config import stage_cli, to_dict
+from utils.run_dir import RunDir
+from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example
+from utils.training import Trainer, seed_everything
+
+
+def main(argv=None) -> dict:
+    cfg, args = stage_cli(RVQStageConfig, "rvq", argv, description=__doc__)
+    if cfg.data.dataset != cfg.model.dataset:
+        sys.exit(f"train_rvq.py: data.dataset={cfg.data.dataset!r} but model.dataset={cfg.model.dataset!r}; "
+                 f"set both to the same dataset")
+    seed_everything(cfg.train.seed)
+    train_set = build_dataset(cfg.data, "train", "window")
+    val_set = build_dataset(cfg.data, "val", "window")
+    task = RVQTask(cfg, train_set.mean, train_set.std)
+    run = RunDir("rvq", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
+    metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
+    if cfg.val.render:
+        png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
+        if png is not None:
+            print(f"train_rvq.py: reconstruction of a val motion: {png}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The tokenizer stage: `RVQStageConfig`, `RVQTask` (training / validation of RVQVAE2D), checkpoint loading and
+`evaluate_reconstruction` (MPJPE, feature L1, codebook usage, reconstruction FID).
+
+Training follows `reference.md` §5.1/§5.3: random 64-frame windows of motions normalised with the feat_bias
+statistics, the `RVQLoss`, AdamW 2e-4 with warm-up and step decay (schedule in `TrainConfig`). Validation (val split,
+never test) reports MPJPE in mm on joints recovered from the reconstructed features, the feature L1 in normalised
+units, the root-path error and the codebook usage; the best checkpoint is chosen by val MPJPE.
+
+Units: HumanML3D joints are in metres (×1000 → mm); KIT-ML joints are already in millimetres (`MM_PER_UNIT`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datasets.motion_dataset import DataConfig
+from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQVAE2D
+from utils.checkpoint import load_checkpoint, load_model_state
+from utils.config import from_dict
+from utils.training import TrainConfig, TrainTask
+
+MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
+
+
+def _default_train() -> TrainConfig:
+    # reference.md §5.1: AdamW lr 2e-4, betas (0.9, 0.99), wd 0, warm-up 2000, milestones [150k, 250k], batch 256
+    return TrainConfig(batch_size=256, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, optimizer="adamw",
+                       schedule="multistep", warmup_steps=2000, milestones=[150_000, 250_000], gamma=0.1)
+
+
+@dataclass
+class RVQValConfig:
+    max_batches: int = 0          # 0 = the whole val split each validation
+    render: bool = True           # after training: PNG of a val motion next to its reconstruction (run dir)
+
+
+@dataclass
+class RVQStageConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: RVQConfig = field(default_factory=RVQConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+    loss: RVQLossConfig = field(default_factory=RVQLossConfig)
+    val: RVQValConfig = field(default_factory=RVQValConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics on recovered joints
+# ----------------------------------------------------------------------------------------------------------------
+def recover_joints(raw_features: Tensor, dataset: str) -> Tensor:
+    """De-normalised features (B, T, D) → global joint positions (B, T, J, 3) (the standard inverse)."""
+    from datasets.representation import features_to_joints
+    return torch.as_tensor(features_to_joints(raw_features.float().cpu(), dataset=dataset))
+
+
+class ReconstructionMeter:
+    """Accumulates reconstruction errors over batches, on valid frames only.
+
+    update(real, recon, lengths): raw (de-normalised) features (B, T, D) each; lengths (B,) valid frames.
+    """
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.scale = MM_PER_UNIT[dataset]
+        self.sum_mpjpe = self.sum_root = self.sum_l1 = 0.0
+        self.frames = 0
+        self.values = 0
+
+    def update(self, real_raw: Tensor, recon_raw: Tensor, lengths: Tensor, real_norm: Tensor,
+               recon_norm: Tensor) -> None:
+        b, t, d = real_raw.shape
+        mask = (torch.arange(t)[None, :] < lengths.cpu()[:, None]).float()          # (B, T)
+        j_real = recover_joints(real_raw, self.dataset)
+        j_rec = recover_joints(recon_raw, self.dataset)
+        per_joint = (j_real - j_rec).norm(dim=-1)                                   # (B, T, J)
+        self.sum_mpjpe += float((per_joint.mean(-1) * mask).sum()) * self.scale
+        root = (j_real[..., 0, :] - j_rec[..., 0, :]).norm(dim=-1)                   # (B, T)
+        self.sum_root += float((root * mask).sum()) * self.scale
+        l1 = (real_norm.cpu() - recon_norm.cpu()).abs().mean(-1)                    # (B, T)
+        self.sum_l1 += float((l1 * mask).sum())
+        self.frames += int(mask.sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.frames, 1)
+        return {"mpjpe_mm": self.sum_mpjpe / n, "root_err_mm": self.sum_root / n, "feature_l1": self.sum_l1 / n}
+
+
+class UsageMeter:
+    """Code histograms per quantizer and level from token maps (B, T', C, Q); perplexity and used fraction."""
+
+    def __init__(self, model: RVQVAE2D):
+        self.sizes = model.codebook_sizes
+        self.groups = model.num_groups
+        q = model.num_quantizers
+        self.hist = {"joint": torch.zeros(q, self.sizes[0])}
+        if len(self.sizes) > self.groups:
+            self.hist["global"] = torch.zeros(q, self.sizes[self.groups])
+
+    def update(self, indices: Tensor) -> None:
+        parts = {"joint": indices[:, :, :self.groups]}
+        if "global" in self.hist:
+            parts["global"] = indices[:, :, self.groups:]
+        for name, idx in parts.items():
+            h = self.hist[name]
+            for level in range(h.shape[0]):
+                col = idx[..., level].reshape(-1).cpu()
+                col = col[col >= 0]
+                h[level] += torch.bincount(col, minlength=h.shape[1]).float()
+
+    def result(self) -> dict[str, float]:
+        out = {}
+        for name, h in self.hist.items():
+            p = h / h.sum(-1, keepdim=True).clamp_min(1)
+            ppl = torch.exp(-(p * torch.log(p + 1e-10)).sum(-1))
+            used = (h > 0).float().mean(-1)
+            for level in range(h.shape[0]):
+                out[f"usage/{name}/perplexity/l{level}"] = float(ppl[level])
+                out[f"usage/{name}/used/l{level}"] = float(used[level])
+            out[f"usage/{name}/used_min"] = float(used.min())
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training task
+# ----------------------------------------------------------------------------------------------------------------
+class RVQTask(TrainTask):
+    """What the shared Trainer needs to train RVQVAE2D.
+
+    Args:
+        cfg: the stage config; mean, std: (D,) the statistics the data is normalised with (saved in checkpoints,
+        so the tokenizer de-normalises its output without the dataset folder)
+    """
+
+    stage = "rvq"
+    best_metric = "val/mpjpe_mm"       # task: best checkpoint by val MPJPE
+    best_mode = "min"
+
+    def __init__(self, cfg: RVQStageConfig, mean: np.ndarray, std: np.ndarray):
+        self.cfg = cfg
+        self.model = RVQVAE2D(cfg.model)
+        self.loss = RVQLoss(cfg.loss, cfg.model.dataset)
+        self.mean = torch.as_tensor(np.asarray(mean, np.float32))
+        self.std = torch.as_tensor(np.asarray(std, np.float32))
+        d = self.model.feature_dim
+        if self.mean.shape != (d,) or self.std.shape != (d,):
+            raise ValueError(f"utils/tasks/rvq.py: dataset statistics must have shape ({d},) for dataset "
+                             f"{cfg.model.dataset!r}, got mean {tuple(self.mean.shape)}, std {tuple(self.std.shape)}; "
+                             f"set data.dataset and model.dataset to the same value")
+        self.last_val_batch: dict[str, Tensor] | None = None
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def training_step(self, model, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        motion = batch["motion"]                                   # (B, window, D) normalised
+        out = model(motion)
+        loss, logs = self.loss(out, motion)
+        for key, value in out.stats.items():                        # level-0 / last-level usage only, to keep logs short
+            if key.endswith("/l0") or key.endswith(f"/l{self.model.num_quantizers - 1}"):
+                logs[key] = value
+        return loss, logs
+
+    @torch.no_grad()
+    def validate(self, loader) -> dict[str, float]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        recon_meter = ReconstructionMeter(self.cfg.model.dataset)
+        usage = UsageMeter(model)
+        losses = []
+        for i, batch in enumerate(loader):
+            if self.cfg.val.max_batches and i >= self.cfg.val.max_batches:
+                break
+            motion = batch["motion"].to(device)
+            lengths = torch.as_tensor(batch["length"]).reshape(-1)
+            out = model(motion)
+            loss, _ = self.loss(out, motion)
+            losses.append(float(loss))
+            usage.update(model.encode(motion))
+            recon_meter.update(self.denormalize(motion).cpu(), self.denormalize(out.recon).cpu(), lengths,
+                               motion, out.recon)
+            if i == 0:
+                self.last_val_batch = {"motion": motion[:1].cpu(), "recon": out.recon[:1].cpu(),
+                                       "length": lengths[:1]}
+        model.train(was_training)
+        res = {"loss": float(np.mean(losses)) if losses else math.nan, **recon_meter.result(), **usage.result()}
+        return {f"val/{k}": v for k, v in res.items()}
+
+    def extra_state(self) -> dict:
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_extra_state(self, d: dict) -> None:
+        if "mean" in d:
+            self.mean = torch.as_tensor(d["mean"]).float()
+            self.std = torch.as_tensor(d["std"]).float()
+
+    # TrainTask defaults for the rest (param_groups None, after_optimizer_step no-op)
+    def param_groups(self):
+        return None
+
+    def after_optimizer_step(self, step: int) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a trained tokenizer and evaluating reconstruction
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedRVQ:
+    model: RVQVAE2D              # eval mode, on the requested device
+    mean: Tensor                 # (D,) normalisation the model was trained with
+    std: Tensor
+    config: dict                 # the stage config of the checkpoint
+    path: str
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def load_rvq(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedRVQ:
+    """Rebuild RVQVAE2D from a tokenizer checkpoint alone (config + state, EMA statistics included)."""
+    ckpt = load_checkpoint(ckpt_path, stage="rvq", map_location="cpu")
+    model = RVQVAE2D(from_dict(RVQConfig, ckpt["config"]["model"], source=f"{ckpt_path} config.model"))
+    load_model_state(model, ckpt["model"], ckpt_path)
+    extra = ckpt.get("extra") or {}
+    if "mean" not in extra:
+        from utils.checkpoint import CheckpointError
+        raise CheckpointError(f"checkpoint {ckpt_path} has no normalisation statistics (extra.mean / extra.std); "
+                              f"it was not written by train_rvq.py")
+    return LoadedRVQ(model=model.to(device).eval(), mean=torch.as_tensor(extra["mean"]).float(),
+                     std=torch.as_tensor(extra["std"]).float(), config=ckpt["config"], path=str(ckpt_path))
+
+
+@torch.no_grad()
+def evaluate_reconstruction(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "test", evaluator=None,
+                            device: str | torch.device = "cpu", batch_size: int = 32, seed: int = 0,
+                            max_batches: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer reconstruction quality on a split (items as the generator sees them: random crops ≤ 196 frames).
+
+    Returns a dict: `mpjpe_mm` (mean per-joint position error on recovered global joints, valid frames only),
+    `root_err_mm`, `feature_l1` (normalised units), `usage/...` (perplexity and used fraction per level), `num_motions`,
+    and with an evaluator object `fid` (reconstructions vs the same real motions, `utils.metrics.fid`).
+    The data is normalised with the tokenizer's own statistics; motions go to the evaluator de-normalised then
+    re-normalised with its meta statistics (a no-op in the standard setting, reference.md §1.5).
+    """
+    from datasets.motion_dataset import build_dataset, collate
+    from utils.metrics import fid as fid_fn
+
+    tok = load_rvq(ckpt_path, device)
+    model = tok.model
+    dataset = model.cfg.dataset
+    if data_cfg.dataset != dataset:
+        raise ValueError(f"utils/tasks/rvq.py: data_cfg.dataset is {data_cfg.dataset!r} but the tokenizer "
+                         f"{ckpt_path} was trained on {dataset!r}")
+    ds = build_dataset(data_cfg, split, "text")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                         generator=gen, num_workers=0)
+    ds_mean = torch.as_tensor(np.asarray(ds.mean, np.float32))
+    ds_std = torch.as_tensor(np.asarray(ds.std, np.float32))
+    meter = ReconstructionMeter(dataset)
+    usage = UsageMeter(model)
+    real_emb, rec_emb = [], []
+    n = 0
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(loader, desc=f"rvq reconstruction ({split})", leave=False)
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        lengths = torch.as_tensor(batch["length"]).reshape(-1)
+        raw = batch["motion"] * ds_std + ds_mean                       # dataset stats → raw features
+        keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
+        motion = tok.normalize(raw).to(device) * keep.to(device)       # tokenizer's normalisation, zero-padded
+        out = model(motion)
+        recon_raw = tok.denormalize(out.recon).cpu()
+        meter.update(raw, recon_raw, lengths, motion.cpu(), out.recon.cpu())
+        usage.update(model.encode(motion))
+        if evaluator is not None:
+            real_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(raw) * keep, lengths)
+            rec_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(recon_raw) * keep, lengths)
+            real_emb.append(real_e.cpu().numpy())
+            rec_emb.append(rec_e.cpu().numpy())
+        n += raw.shape[0]
+    report: dict[str, Any] = {"split": split, "num_motions": n, "dataset": dataset, "checkpoint": str(ckpt_path),
+                              **meter.result(), **usage.result()}
+    if evaluator is not None and real_emb:
+        report["fid"] = float(fid_fn(np.concatenate(rec_emb), np.concatenate(real_emb)))
+    return report
+
+
+def render_reconstruction(real_raw: Tensor, recon_raw: Tensor, dataset: str, path: str | Path,
+                          title: str = "") -> Path | None:
+    """PNG of a motion (T, D) next to its reconstruction (T, D) via `utils.plot.plot_side_by_side`."""
+    try:
+        from utils.plot import plot_side_by_side
+    except ImportError:
+        return None
+    joints = [recover_joints(x[None], dataset)[0].numpy() for x in (real_raw, recon_raw)]
+    return plot_side_by_side(joints[0], joints[1], path, dataset=dataset, title=title)
+
+
+@torch.no_grad()
+def render_val_example(ckpt_path: str | Path, data_cfg: DataConfig, path: str | Path, index: int = 0,
+                       split: str = "val", seed: int = 0) -> Path | None:
+    """Reconstruct one whole motion of `split` (first `index`-th item, its full length cropped to a multiple of 4)
+    with the checkpoint and render it next to its source; returns the PNG path (None without a renderer)."""
+    from datasets.motion_dataset import build_dataset
+
+    tok = load_rvq(ckpt_path)
+    torch.manual_seed(seed)
+    ds = build_dataset(data_cfg, split, "text")
+    item = ds[index]
+    length = int(item["length"])
+    raw = torch.as_tensor(ds.denormalize(item["motion"][:length].numpy())).float()   # (T, D)
+    recon = tok.denormalize(tok.model(tok.normalize(raw)[None]).recon[0])
+    title = f"{item.get('id', '')} ({length} frames): {item.get('caption', '')}"
+    return render_reconstruction(raw, recon, tok.model.cfg.dataset, path, title=title[:100])
