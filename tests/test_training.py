@@ -238,3 +238,43 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
     seed_everything(99)
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.gauss(0, 1), np.random.randn(), torch.rand(1).item()) == a
+
+
+def test_logged_lr_is_the_lr_each_update_used(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = cfg_for(max_steps=4, log_every=1, schedule="multistep", milestones=[2], gamma=0.5, lr=1.0)
+    trainer, _, _ = train(tmp_path, cfg, val=False)
+    acc = EventAccumulator(str(trainer.run.tb_dir))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/lr")] == [1.0, 1.0, 0.5, 0.5]
+
+
+# ---- CUDA (run on a GPU machine; skipped on CPU-only CI) ---------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_resume_is_bit_for_bit_including_the_cuda_rng(tmp_path):
+    cfg = cfg_for(device="cuda", max_steps=12, val_every=3, ckpt_every=4)
+    _, straight, _ = train(tmp_path, cfg, ToyTask(dropout=0.3), "straight")
+    with pytest.raises(SimulatedCrash):
+        train(tmp_path, cfg, ToyTask(dropout=0.3, crash_at_step=6), "crashed")
+    _, resumed, _ = train(tmp_path, cfg, ToyTask(dropout=0.3, seed=7), "crashed", resume=True)
+    assert resumed.losses == [(s, v) for s, v in straight.losses if s >= 4]
+    for a, b in zip(params(straight.model), params(resumed.model)):
+        assert a.device.type == "cuda" and torch.equal(a, b)
+
+
+@cuda
+@pytest.mark.parametrize("flags", [{"bf16": True}, {"fp16": True}, {"bf16": True, "compile": True}])
+def test_cuda_autocast_and_compile_train_and_checkpoint(tmp_path, flags):
+    cfg = cfg_for(device="cuda", max_steps=60, ckpt_every=30, val_every=30, **flags)
+    trainer, task, metrics = train(tmp_path, cfg, ToyTask(dropout=0.0))
+    assert trainer.amp_dtype == (torch.float16 if flags.get("fp16") else torch.bfloat16)
+    losses = [v for _, v in task.losses]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5       # it learns
+    assert all(p.dtype == torch.float32 for p in task.model.parameters())   # autocast, not a cast of the weights
+    ck = load_checkpoint(trainer.run.last, stage="toy")
+    assert ck["step"] == 60 and all(torch.isfinite(v).all() and v.device.type == "cpu" for v in ck["model"].values())
+    assert math.isfinite(metrics["val/loss"])

@@ -422,10 +422,10 @@ class Trainer:
                 now = time.perf_counter()
                 speed = (self.step - tick_step) * global_batch / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
-                pbar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
-                                 samples_s=f"{speed:.0f}")
+                lr = next(v for k, v in logs.items() if k.startswith("lr"))
+                pbar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}", samples_s=f"{speed:.0f}")
                 self._log_scalars({"train/loss": loss_value, "train/samples_per_s": speed,
-                                   **{f"train/{k}": v for k, v in logs.items()}, **self._lrs()})
+                                   **{f"train/{k}": v for k, v in logs.items()}})
             final = self.step == self.max_steps
             if final or (cfg.val_every and self.step % cfg.val_every == 0):
                 self._validate()
@@ -467,6 +467,7 @@ class Trainer:
             if not self.scaler.is_enabled() and not torch.isfinite(norm):
                 self._stop(f"gradient norm is {norm.item()}")
             logs["grad_norm"] = float(norm)
+        logs.update(self._lrs())           # the learning rates this update used
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -576,8 +577,8 @@ class Trainer:
     def _lrs(self) -> dict[str, float]:
         groups = self.optimizer.param_groups
         if len(groups) == 1:
-            return {"train/lr": groups[0]["lr"]}
-        return {f"train/lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)}
+            return {"lr": groups[0]["lr"]}
+        return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)}
 
     def _log_scalars(self, scalars: dict[str, float]) -> None:
         if self.writer is not None:
