@@ -215,7 +215,10 @@ def extract_features(positions, tgt_offsets, feet_thre: float | None = None, dat
     cont6d = quaternion_to_cont6d_np(quats)
     r_rot = quats[:, 0].copy()
 
-    # 8. root velocities: linear in the root frame of t+1; angular as arcsin of y of r_{t+1}·r_t^-1 (half angle)
+    # 8. root velocities: linear in the root frame of t+1; angular as arcsin of y of r_{t+1}·r_t^-1 (half angle).
+    # [quirk] the product's w can be negative (qbetween keeps w >= 0, so r_t flips sign where the facing passes
+    # 180° from frame 0) and arcsin ignores it: that row gets the wrong sign and recover_from_ric's yaw is off by
+    # twice the turn from there on (HumanML3D issue #156). The released features and new_joints have it; keep it.
     velocity = qrot_np(r_rot[1:], positions[1:, 0] - positions[:-1, 0])
     r_velocity = np.arcsin(qmul_np(r_rot[1:], qinv_np(r_rot[:-1]))[:, 2:3])
 
@@ -237,6 +240,12 @@ def extract_features(positions, tgt_offsets, feet_thre: float | None = None, dat
         local_vel.reshape(T - 1, -1),
         feet_l, feet_r,
     ], axis=-1).astype(np.float32)
+    if not np.isfinite(features).all():
+        frames = np.nonzero(~np.isfinite(features).all(axis=-1))[0]
+        raise ValueError(
+            f"positions: the extraction produced NaN at frames {frames[:5].tolist()}: a facing direction or a bone is "
+            "exactly opposite its rest direction (the shortest-arc rotation is undefined there, the reference IK "
+            "gives NaN too), or two joints coincide. Real motion does not hit this; check synthetic poses.")
     return FeatureExtraction(features=features, global_positions=global_positions,
                              root_rotation=r_rot, quaternions=quats)
 
