@@ -256,7 +256,7 @@ class Entry:
         return self.end - self.start
 
 
-@dataclass
+@dataclass(eq=False)
 class MotionCorpus:
     """One split of a HumanML3D-layout folder, read once into memory.
 
@@ -455,7 +455,7 @@ def _read_files(root: Path, ids: Sequence[str], spec: DatasetSpec):
         fname = f"new_joint_vecs/{mid}.npy"
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
+        except (ValueError, OSError, EOFError) as e:
             raise DatasetError(f"{_MOD}: {path}: expected a float32 .npy array (T, {spec.dim}), could not read "
                                f"it: {e}") from None
         if arr.ndim != 2 or arr.shape[1] != spec.dim:
@@ -475,7 +475,11 @@ def _read_files(root: Path, ids: Sequence[str], spec: DatasetSpec):
         pos += len(arr)
         offsets.append(pos)
         kept.append(mid)
-        texts.append((root / "texts" / f"{mid}.txt").read_text(encoding="utf-8"))
+        tpath = root / "texts" / f"{mid}.txt"
+        try:
+            texts.append(tpath.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{_MOD}: {tpath}: expected UTF-8 text, could not decode it: {e}") from None
     data = buf[:pos] if pos > 0.9 * len(buf) else buf[:pos].copy()
     return kept, data, np.asarray(offsets, dtype=np.int64), texts, skipped
 

@@ -503,7 +503,7 @@ def test_mini_dataset_loads_in_every_mode(request, word_vectorizer_module):
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py fixture mini_root (datasets/mini.py) not written yet")
     cfg = DataConfig(root=str(root))
-    corpus = MotionCorpus.load(cfg, "train")
+    corpus = MotionCorpus.load(cfg, "train", cache=False)  # the shared fixture is read-only: no .cache/ in it
     text = build_dataset(cfg, "train", "text", corpus=corpus)
     batch = collate([text[i] for i in range(min(4, len(text)))])
     assert batch["motion"].shape[1:] == (196, 263) and (batch["length"] % 4 == 0).all()
@@ -513,3 +513,14 @@ def test_mini_dataset_loads_in_every_mode(request, word_vectorizer_module):
         ev = build_dataset(cfg, "train", "eval", corpus=corpus)
         b = collate([ev[i] for i in range(min(4, len(ev)))])
         assert (b["sent_len"][:-1] >= b["sent_len"][1:]).all()
+
+
+def test_unreadable_feature_or_text_file_names_the_file(tmp_path):
+    root = write_dataset(tmp_path / "ds", {"a": motion_array(0, 50)})
+    (root / "new_joint_vecs" / "a.npy").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match=r"new_joint_vecs/a\.npy: expected a float32 \.npy array"):
+        MotionCorpus.load(cfg_for(root), "train", cache=False)
+    np.save(root / "new_joint_vecs" / "a.npy", motion_array(0, 50))
+    (root / "texts" / "a.txt").write_bytes(b"\xff\xfe walk#walk/VERB#0.0#0.0\n")
+    with pytest.raises(DatasetError, match=r"texts/a\.txt: expected UTF-8 text"):
+        MotionCorpus.load(cfg_for(root), "train", cache=False)
