@@ -16,8 +16,10 @@ What it makes (ARCHITECTURE.md §3, reference.md §1):
 - **Texts.** 2-3 whole-clip captions per motion from varied templates with synonyms, plus sub-clip captions
   (non-zero start#end) for each part of a sequence. Tokens follow the HumanML3D format (`word/POS`, NOUN and VERB
   lemmatised except `left`, spaCy coarse tags) from a small hand-written lexicon (`LEXICON`).
-- **Splits** 80/5/15 by motion (`train.txt`, `val.txt`, `test.txt`, `train_val.txt`, `all.txt`); no mirrored
-  `M` copies. **Mean/Std** from the train split with the group-mean Std rule (reference.md §1.5).
+- **Splits** 80/5/15 by motion (`train.txt`, `val.txt`, `test.txt`, `train_val.txt`, `all.txt`). With `--mirror`
+  every motion also gets its left/right mirror `M<id>` (mirrored joints, captions with left <-> right and
+  clockwise <-> counterclockwise swapped) in the same split (reference.md §1.1); off by default.
+  **Mean/Std** from the train split (mirrors included) with the group-mean Std rule (reference.md §1.5).
 - **GloVe.** No GloVe vectors are available offline (no installed or registry package ships them), so `glove/`
   holds a fixed seeded table in the evaluator's format (`our_vab_*`, reference.md §3.4): each word's 300-d vector
   is a Gaussian vector (per-dim std 0.4, norm about 7 like GloVe) seeded by a hash of the word, and words of one
@@ -866,6 +868,18 @@ def make_motion(seed: int, index: int) -> MiniMotion:
     return MiniMotion(joints=joints.astype(np.float32), captions=lines, family=family)
 
 
+_MIRROR_WORDS = {"left": "right", "right": "left", "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the left/right mirrored motion: left <-> right, clockwise <-> counterclockwise."""
+    out = []
+    for raw in caption.split(" "):
+        core = raw.rstrip(".,")
+        out.append(_MIRROR_WORDS.get(core, core) + raw[len(core):])
+    return " ".join(out)
+
+
 def format_text_line(caption: str, start: float, end: float) -> str:
     """`caption#tok/POS ...#start#end` (reference.md §1.2)."""
     return f"{caption}#{' '.join(tokenize(caption))}#{start}#{end}"
@@ -932,24 +946,33 @@ class MiniSummary:
     seconds: float
 
 
-def _build_one(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """Motion `index` for `seed` -> features (T-1, 263), recovered joints (T-1, 22, 3), text lines, family."""
-    from datasets.representation import default_target_offsets, features_to_joints, joints_to_features
+def _build_one(job: tuple[int, int, bool]) -> list[tuple[str, np.ndarray, np.ndarray, list[str], str]]:
+    """Motion `index` for `seed` -> [(id, features (T-1, 263), recovered joints (T-1, 22, 3), text lines, family)],
+    followed by its mirrored copy `M<id>` when asked (reference.md §1.1)."""
+    from datasets.representation import default_target_offsets, features_to_joints, joints_to_features, mirror_joints
 
-    seed, index = job
+    seed, index, mirror = job
     m = make_motion(seed, index)
-    x = joints_to_features(m.joints, default_target_offsets("t2m")).astype(np.float32)
-    joints = np.asarray(features_to_joints(x), dtype=np.float32)
-    return x, joints, [format_text_line(*c) for c in m.captions], m.family
+    versions = [(f"{index:06d}", m.joints, m.captions)]
+    if mirror:
+        versions.append((f"M{index:06d}", mirror_joints(m.joints),
+                         [(mirror_caption(c), a, b) for c, a, b in m.captions]))
+    out = []
+    for motion_id, joints, captions in versions:
+        x = joints_to_features(joints, default_target_offsets("t2m")).astype(np.float32)
+        recovered = np.asarray(features_to_joints(x), dtype=np.float32)
+        out.append((motion_id, x, recovered, [format_text_line(*c) for c in captions], m.family))
+    return out
 
 
 def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: int = 0, overwrite: bool = False,
-                       progress: bool = False, workers: int = 1) -> MiniSummary:
+                       progress: bool = False, workers: int = 1, mirror: bool = False) -> MiniSummary:
     """Write the mini dataset to `out` in the HumanML3D layout (reference.md §1.1).
 
     The folder is built next to `out` under a temporary name and renamed into place at the end, so `out` is
     either complete or untouched. An existing non-empty `out` is refused unless `overwrite`. `workers` > 1
-    builds motions in that many processes; the files are identical for any number of workers.
+    builds motions in that many processes; the files are identical for any number of workers. `mirror` adds the
+    left/right mirror `M<id>` of every motion (mirrored captions), in the same split as its original.
     """
     t_start = time.perf_counter()
     if num_motions < 3:
@@ -963,11 +986,10 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
     try:
         for sub in ("new_joint_vecs", "new_joints", "texts"):
             (tmp / sub).mkdir()
-        ids = [f"{i:06d}" for i in range(num_motions)]
         feats: dict[str, np.ndarray] = {}
         families: Counter = Counter()
         n_captions = 0
-        jobs = [(seed, i) for i in range(num_motions)]
+        jobs = [(seed, i, mirror) for i in range(num_motions)]
         if workers > 1:
             import multiprocessing as mp
             pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers)
@@ -978,18 +1000,21 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
             from tqdm import tqdm
             results = tqdm(results, total=num_motions, desc="mini motions", unit="motion")
         try:
-            for (_, i), (x, joints, lines, family) in zip(jobs, results):
-                feats[ids[i]] = x
-                _save_npy(tmp / "new_joint_vecs" / f"{ids[i]}.npy", x)
-                _save_npy(tmp / "new_joints" / f"{ids[i]}.npy", joints)
-                (tmp / "texts" / f"{ids[i]}.txt").write_text("\n".join(lines) + "\n")
-                families["sequence" if "+" in family else family] += 1
-                n_captions += len(lines)
+            for versions in results:
+                for motion_id, x, joints, lines, family in versions:
+                    feats[motion_id] = x
+                    _save_npy(tmp / "new_joint_vecs" / f"{motion_id}.npy", x)
+                    _save_npy(tmp / "new_joints" / f"{motion_id}.npy", joints)
+                    (tmp / "texts" / f"{motion_id}.txt").write_text("\n".join(lines) + "\n")
+                    families["sequence" if "+" in family else family] += 1
+                    n_captions += len(lines)
         finally:
             if pool is not None:
                 pool.close()
                 pool.join()
-        splits = split_ids(ids, seed)
+        splits = split_ids([f"{i:06d}" for i in range(num_motions)], seed)
+        if mirror:
+            splits = {k: sorted(v + [f"M{i}" for i in v]) for k, v in splits.items()}
         for name, members in splits.items():
             (tmp / f"{name}.txt").write_text("\n".join(members) + "\n")
         mean, std = mean_std([feats[i] for i in splits["train"]])
@@ -1003,7 +1028,7 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return MiniSummary(out=out, num_motions=num_motions, families=dict(sorted(families.items())),
+    return MiniSummary(out=out, num_motions=len(feats), families=dict(sorted(families.items())),
                        splits={k: len(v) for k, v in splits.items()}, vocabulary=len(words), captions=n_captions,
                        seconds=time.perf_counter() - t_start)
 
@@ -1017,12 +1042,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-motions", type=int, default=2000, help="number of motions (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    parser.add_argument("--mirror", action="store_true",
+                        help="also write the left/right mirror M<id> of every motion (HumanML3D style)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes building motions (default 1; the output is identical for any value)")
     args = parser.parse_args(argv)
     try:
         s = write_mini_dataset(args.out, args.num_motions, args.seed, args.overwrite, progress=True,
-                               workers=args.workers)
+                               workers=args.workers, mirror=args.mirror)
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

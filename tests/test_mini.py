@@ -185,3 +185,26 @@ def test_glove_covers_vocabulary_and_groups_synonyms(mini_root):
         return float(va @ vb / np.linalg.norm(va) / np.linalg.norm(vb))
     assert cos("walk/VERB", "stroll/VERB") > 0.5 > abs(cos("walk/VERB", "clap/VERB"))
     assert cos("quickly/ADV", "fast/ADV") > 0.5 > abs(cos("quickly/ADV", "slowly/ADV"))
+
+
+def test_mirror_caption_swaps_sides_and_turn_direction():
+    assert mini.mirror_caption("a man turns left, then waves his right hand clockwise.") == \
+        "a man turns right, then waves his left hand counterclockwise."
+
+
+def test_mirrored_copies_are_mirrors_in_the_same_split(tmp_path):
+    from datasets.representation import mirror_joints
+    root = mini.write_mini_dataset(tmp_path / "m", num_motions=5, seed=1, mirror=True).out
+    for split in SPLITS:
+        ids = _ids(root, split)
+        originals = [i for i in ids if not i.startswith("M")]
+        assert originals and sorted(ids) == sorted(originals + [f"M{i}" for i in originals])
+    for i in _ids(root, "all"):
+        if i.startswith("M"):
+            continue
+        a = mirror_joints(np.load(root / "new_joints" / f"{i}.npy"))
+        b = np.load(root / "new_joints" / f"M{i}.npy")
+        # same pose up to the asymmetric target skeleton (left/right bones differ by < 1.1 cm) and root scale
+        assert np.abs((a - a[:, :1]) - (b - b[:, :1])).max() < 0.03
+        assert [mini.mirror_caption(ln.split("#")[0]) for ln in _lines(root, i)] == \
+            [ln.split("#")[0] for ln in _lines(root, f"M{i}")]
