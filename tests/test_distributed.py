@@ -44,7 +44,6 @@ def torchrun(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
@@ -61,3 +60,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
         torch.testing.assert_close(ddp["model"][k], v, atol=1e-6, rtol=1e-5)
     assert (tmp_path / "toy" / "ddp" / "checkpoints" / "best.pt").is_file()
     assert len(list((tmp_path / "toy" / "ddp" / "tb").iterdir())) == 1   # one events file: rank 0's
+
+
+@pytest.mark.slow
+def test_ddp_resume_restores_every_ranks_rng_and_data_position(tmp_path):
+    """2 ranks with dropout: 8 steps straight == crash after step 5 (last.pt at step 4) + --resume."""
+    common = ["--batch-size", "4", "--steps", "8", "--dropout", "0.3", "--ckpt-every", "4"]
+    straight = torchrun(tmp_path, "--name", "straight", *common)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    crashed = torchrun(tmp_path, "--name", "crashed", "--crash-at", "5", *common)
+    assert crashed.returncode != 0 and "SimulatedCrash" in crashed.stderr
+    assert load_checkpoint(tmp_path / "toy" / "crashed" / "checkpoints" / "last.pt")["step"] == 4
+    resumed = torchrun(tmp_path, "--name", "crashed", "--resume", *common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "toy" / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "toy" / "crashed" / "checkpoints" / "last.pt")
+    assert b["step"] == 8
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), k

@@ -121,10 +121,14 @@ def main(argv=None) -> None:
     p.add_argument("--accum-steps", type=int, default=1)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--ckpt-every", type=int, default=3)
+    p.add_argument("--crash-at", type=int, default=None, help="raise SimulatedCrash after this step")
+    p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
     cfg = TrainConfig(batch_size=a.batch_size, accum_steps=a.accum_steps, max_steps=a.steps, lr=1e-2,
-                      device="cpu", log_every=1, val_every=3, ckpt_every=3)
-    Trainer(ToyTask(dropout=a.dropout), cfg, RunDir("toy", a.name, root=a.root), ToyDataset(64),
+                      device="cpu", log_every=1, val_every=3, ckpt_every=a.ckpt_every)
+    task = ToyTask(dropout=a.dropout, crash_at_step=a.crash_at)
+    Trainer(task, cfg, RunDir("toy", a.name, root=a.root, resume=a.resume), ToyDataset(64),
             ToyDataset(16, seed=1), collate_fn=toy_collate).fit()
 
 
