@@ -239,7 +239,7 @@ def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: f
     def update(t):
         for line, chain in zip(lines, chains):
             line.set_data(proj[t, chain, 0], proj[t, chain, 1])
-        label.set_text(f"{title}  t = {t / fps:.1f} s".strip())
+        label.set_text(f"{title}  t = {t / fps:.2f} s (frame {t})".strip())
         return lines + [label]
 
     if path.suffix.lower() == ".mp4":
