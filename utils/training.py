@@ -371,8 +371,9 @@ class Trainer:
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, generator_seed: int) -> DataLoader:
         # A dedicated generator: DataLoader draws its worker base seed from it, not from the global torch RNG.
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=drop_last, collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
-                          pin_memory=self.cuda, generator=torch.Generator().manual_seed(generator_seed))
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                          collate_fn=self.collate_fn, num_workers=self.cfg.num_workers, pin_memory=self.cuda,
+                          generator=torch.Generator().manual_seed(generator_seed))
 
     def _micro_batches(self) -> Iterator[Any]:
         """The endless stream of training micro-batches, tracking (epoch, batch_in_epoch) for resume."""
@@ -406,6 +407,9 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run.tb_dir), purge_step=self.step + 1 if self.step else None)
             save_config(self.config, self.run.config_path)
             self._log_header()
+        if self.step >= self.max_steps:
+            log.warning("%s is already at step %d of %d: nothing to train (raise train.max_steps or train.epochs "
+                        "to continue)", self.run.last, self.step, self.max_steps)
         pbar = tqdm(total=self.max_steps, initial=self.step, desc=task.stage, disable=not self.main,
                     dynamic_ncols=True)
         stream = self._micro_batches()
@@ -432,6 +436,7 @@ class Trainer:
             if final or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                 self._save(self.run.last)
         pbar.close()
+        stream.close()                      # shuts down the loader (and its workers, if any)
         if self.main:
             log.info("done: %d steps; last.pt at %s%s", self.step, self.run.last,
                      f"; best {self.best['metric']}={self.best['value']:.5g} at step {self.best['step']}"
