@@ -1033,6 +1033,24 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
                        seconds=time.perf_counter() - t_start)
 
 
+def write_preview(root: str | os.PathLike, path: str | os.PathLike, per_family: int = 1) -> Path:
+    """Contact sheet PNG of the first `per_family` motions of every family of a written mini dataset."""
+    from utils.plot import plot_contact_sheet
+
+    root = Path(root)
+    ids = sorted(p.stem for p in (root / "new_joint_vecs").glob("[0-9]*.npy"))
+    chosen: dict[str, list[str]] = {}
+    for motion_id in ids:
+        family = FAMILY_CYCLE[int(motion_id) % len(FAMILY_CYCLE)]
+        if len(chosen.setdefault(family, [])) < per_family:
+            chosen[family].append(motion_id)
+    picked = [i for fam in FAMILY_CYCLE if fam in chosen for i in dict.fromkeys(chosen[fam])]
+    picked = list(dict.fromkeys(picked))
+    joints = [np.load(root / "new_joints" / f"{i}.npy") for i in picked]
+    titles = [f"{i}: " + (root / "texts" / f"{i}.txt").read_text().split("#", 1)[0] for i in picked]
+    return plot_contact_sheet(joints, path, titles=titles)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.mini",
@@ -1044,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     parser.add_argument("--mirror", action="store_true",
                         help="also write the left/right mirror M<id> of every motion (HumanML3D style)")
+    parser.add_argument("--preview", default=None, metavar="PNG",
+                        help="also render a contact sheet of one motion per family to this PNG")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes building motions (default 1; the output is identical for any value)")
     args = parser.parse_args(argv)
@@ -1056,6 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {s.num_motions} motions, {s.captions} captions to {s.out} in {s.seconds:.1f} s")
     print("families: " + ", ".join(f"{k} {v}" for k, v in s.families.items()))
     print("splits: " + ", ".join(f"{k} {v}" for k, v in s.splits.items()) + f"; vocabulary {s.vocabulary} words")
+    if args.preview:
+        print(f"preview: {write_preview(s.out, args.preview)}")
     return 0
 
 
