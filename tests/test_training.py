@@ -278,3 +278,9 @@ def test_cuda_autocast_and_compile_train_and_checkpoint(tmp_path, flags):
     ck = load_checkpoint(trainer.run.last, stage="toy")
     assert ck["step"] == 60 and all(torch.isfinite(v).all() and v.device.type == "cpu" for v in ck["model"].values())
     assert math.isfinite(metrics["val/loss"])
+
+
+def test_loader_workers_keep_the_data_order_and_losses(tmp_path):
+    _, main_proc, _ = train(tmp_path, cfg_for(max_steps=10, num_workers=0), ToyTask(), "w0", val=False)
+    _, workers, _ = train(tmp_path, cfg_for(max_steps=10, num_workers=2), ToyTask(), "w2", val=False)
+    assert workers.seen_ids == main_proc.seen_ids and workers.losses == main_proc.losses
