@@ -131,3 +131,16 @@ def test_real_clips_after_round_trip(real_motion_dir, tmp_path):
     img = load(out)
     assert img.size == (round(1.7 * 6 * 80), round(2.3 * 3 * 80))
     assert count_colour(img, RED) > 200 and count_colour(img, BLUE) > 200
+
+
+def test_cli_renders_features_and_joints_files(tmp_path, capsys):
+    joints = walk((1.0, 0.0), T=20)
+    np.save(tmp_path / "joints.npy", joints)
+    np.save(tmp_path / "feats.npy", rep.joints_to_features(joints, OFFSETS))
+    plot.main([str(tmp_path / "joints.npy"), str(tmp_path / "feats.npy"), "--out", str(tmp_path / "s.png"),
+               "--frames", "3"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "s.png")
+    assert load(tmp_path / "s.png").size == (round(1.7 * 3 * 80), round(2.3 * 2 * 80))
+    np.save(tmp_path / "bad.npy", np.zeros((20, 100)))
+    with pytest.raises(ValueError, match=r"bad\.npy: expected joints \(T, J, 3\) or features \(T, 263\)"):
+        plot.main([str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")])

@@ -280,3 +280,42 @@ def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: f
 
     _atomic_save(path, write)
     return path
+
+
+def _load_motion(path: str, dataset: str) -> np.ndarray:
+    """A .npy of joints (T, J, 3) or of raw (de-normalised) features (T, D) -> joints (T, J, 3)."""
+    from datasets.representation import feature_dim, features_to_joints
+
+    x = np.load(path)
+    if x.ndim == 2 and x.shape[-1] == feature_dim(dataset):
+        return features_to_joints(x.astype(np.float32), dataset)
+    if x.ndim == 3:
+        return x
+    raise ValueError(f"{path}: expected joints (T, J, 3) or features (T, {feature_dim(dataset)}), got {x.shape}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m utils.plot",
+        description="Render motions (.npy of joints (T, J, 3) or raw features (T, 263|251)) as a PNG contact sheet "
+                    "(one row per input) or, for a .gif/.mp4 output, an animation of the first input.")
+    parser.add_argument("inputs", nargs="+", help=".npy files: joints (T, J, 3) or de-normalised features (T, D)")
+    parser.add_argument("--out", required=True, help="output .png (contact sheet) or .gif / .mp4 (animation)")
+    parser.add_argument("--dataset", default="t2m", choices=["t2m", "kit"], help="skeleton (default t2m)")
+    parser.add_argument("--frames", type=int, default=6, help="columns of the contact sheet (default 6)")
+    parser.add_argument("--fps", type=float, default=20.0, help="frame rate (default 20; KIT-ML 12.5)")
+    parser.add_argument("--title", default="", help="animation title")
+    args = parser.parse_args(argv)
+    motions = [_load_motion(p, args.dataset) for p in args.inputs]
+    if Path(args.out).suffix.lower() in (".gif", ".mp4"):
+        out = save_animation(motions[0], args.out, dataset=args.dataset, fps=args.fps, title=args.title)
+    else:
+        out = plot_contact_sheet(motions, args.out, titles=[Path(p).stem for p in args.inputs], dataset=args.dataset,
+                                 frames=args.frames, fps=args.fps)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
