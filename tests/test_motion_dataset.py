@@ -239,6 +239,18 @@ def test_dataloader_batches_text_items(simple_root):
     assert isinstance(batch["tokens"], list) and batch["tokens"][0][0] == "a/DET"
 
 
+def test_dataloader_workers_draw_different_crops(simple_root):
+    """Item randomness uses torch's RNG, which DataLoader seeds per worker (numpy's would repeat across workers)."""
+    ds = build_dataset(cfg_for(simple_root), "train", "text", cache=False)
+    idx = [e.key for e in ds.entries].index("000003")
+    torch.manual_seed(4)
+    loader = DataLoader(torch.utils.data.Subset(ds, [idx] * 16), batch_size=4, num_workers=2, collate_fn=collate)
+    draws = [[(int(m), round(float(s))) for m, s in zip(b["length"], ds.denormalize(b["motion"][:, 0, :])[:, 0])]
+             for b in loader]                      # batches 0, 2 from worker 0; batches 1, 3 from worker 1
+    assert all(m in (196, 192) and 0 <= s <= 199 - m for d in draws for m, s in d)
+    assert draws[0] != draws[1] and draws[2] != draws[3]  # same RNG state in both workers would repeat the draws
+
+
 # ---- eval mode ---------------------------------------------------------------------------------------------------
 
 class FakeVectorizer:

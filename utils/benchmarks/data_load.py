@@ -110,9 +110,10 @@ def main(argv=None) -> dict:
         for batch in tqdm(loader, desc="one epoch (text)", unit="batch"):
             n_items += len(batch["length"])
         t_epoch = time.perf_counter() - t0
-    finally:
+    except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -133,6 +134,9 @@ def main(argv=None) -> dict:
           f"({result['items_per_s']:.0f} items/s) |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if tmp is not None:
+        del loader, ds, corpus
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
