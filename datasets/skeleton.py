@@ -170,11 +170,9 @@ def qinv(q: torch.Tensor) -> torch.Tensor:
 
 def qrot(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rotate vectors v (..., 3) by quaternions q (..., 4): v + 2·(w·(u×v) + u×(u×v)), u = q.xyz."""
-    q, v = torch.broadcast_tensors(q, torch.cat([torch.zeros_like(v[..., :1]), v], dim=-1))
     u = q[..., 1:]
-    v = v[..., 1:]
-    uv = torch.cross(u, v, dim=-1)
-    uuv = torch.cross(u, uv, dim=-1)
+    uv = torch.linalg.cross(u, v)          # broadcasts q's and v's leading dims
+    uuv = torch.linalg.cross(u, uv)
     return v + 2 * (q[..., :1] * uv + uuv)
 
 
