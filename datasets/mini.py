@@ -296,13 +296,16 @@ def locomote(st: State, n: int, g: Gait) -> tuple[Track, State]:
             tr.foot_yaw[a:b + 1, f] = yaw
             if k + 1 < len(ivals):
                 a2, _, pos2, yaw2 = ivals[k + 1]
-                if a2 - b > 1:
+                moved = np.linalg.norm(pos2 - pos) + 0.5 * abs(yaw2 - yaw)
+                if a2 - b > 1 and moved < 0.01:       # nothing to step to: the foot simply stays planted
+                    tr.ankles[b + 1:a2, f] = pos
+                    tr.foot_yaw[b + 1:a2, f] = yaw
+                elif a2 - b > 1:
                     s = np.arange(b + 1, a2)
                     u = (s - b) / (a2 - b)
                     w = smoothstep(u)[:, None]
                     tr.ankles[s, f] = pos * (1 - w) + pos2 * w
-                    dist = np.linalg.norm(pos2 - pos) + 0.5 * abs(yaw2 - yaw)
-                    tr.ankles[s, f, 1] = ANKLE_H + g.lift * min(1.0, dist / 0.25 + 0.3) * np.sin(np.pi * u)
+                    tr.ankles[s, f, 1] = ANKLE_H + g.lift * min(1.0, moved / 0.25 + 0.3) * np.sin(np.pi * u)
                     tr.foot_yaw[s, f] = yaw * (1 - w[:, 0]) + yaw2 * w[:, 0]
                     tr.foot_pitch[s, f] = FOOT_PITCH + 0.35 * np.sin(np.pi * u) * np.sign(g.speed + 1e-3)
     phase = 2 * np.pi * t / p
