@@ -1,7 +1,6 @@
 """utils/checkpoint.py and utils/run_dir.py: atomic writes, safe loads, refusals that name the file and the mismatch."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

@@ -198,8 +198,10 @@ def test_dataset_smaller_than_a_batch_is_refused(tmp_path):
         train(tmp_path, cfg_for(), n=4)
 
 
-@pytest.mark.parametrize("kw,match", [({"schedule": "linear"}, "train.schedule"), ({"accum_steps": 0}, "accum_steps"),
-                                      ({"optimizer": "sgd"}, "train.optimizer"), ({"bf16": True, "fp16": True}, "bf16")])
+@pytest.mark.parametrize("kw,match", [({"schedule": "linear"}, "train.schedule"),
+                                      ({"accum_steps": 0}, "accum_steps"),
+                                      ({"optimizer": "sgd"}, "train.optimizer"),
+                                      ({"bf16": True, "fp16": True}, "bf16")])
 def test_bad_train_config_names_the_key(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         Trainer(ToyTask(), cfg_for(**kw), RunDir("toy", "x", root=tmp_path), ToyDataset(), collate_fn=toy_collate)
