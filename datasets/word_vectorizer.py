@@ -127,12 +127,13 @@ class WordVectorizer:
         bad = [w for w in words if w not in word2idx or not 0 <= word2idx[w] < vectors.shape[0]]
         if bad:
             raise ValueError(f"{idx_p}: {len(bad)} word(s) of {words_p.name} have no valid row, e.g. {bad[:3]}")
-        if "unk" not in word2idx:
-            raise ValueError(f"{idx_p}: the vocabulary has no 'unk' entry (rows 0-2 must be sos, eos, unk)")
+        if not {"sos", "eos", "unk"} <= set(words):
+            raise ValueError(f"{words_p}: the vocabulary lacks sos / eos / unk (rows 0-2 must be sos, eos, unk)")
         self.glove_dir = glove_dir
         self.vectors = vectors
         self.words = words
-        self.word2idx = word2idx
+        # the reference looks words up among `words` (their rows from the idx dict); extra idx keys are unknown
+        self.word2idx = {w: word2idx[w] for w in words}
         self.dim = int(vectors.shape[1])
 
     def __len__(self) -> int:
