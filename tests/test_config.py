@@ -129,7 +129,8 @@ def test_stage_cli_defaults_and_overrides(tmp_path, monkeypatch):
 
 def test_stage_cli_name_follows_the_config_folder(tmp_path):
     path = write(tmp_path, "", name="toy.yaml", folder="humanml3d")
-    _, args = stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--resume", "--runs-root", "x"])
+    _, args = stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--resume", "--runs-root", "x"],
+                        check_run_dir=False)
     assert args.name == "humanml3d" and args.resume and args.runs_root == "x"
 
 
@@ -162,3 +163,19 @@ def test_help_lists_config_file_keys_types_defaults_and_sources(capsys):
     assert "list[str]" in lines["tags"]
     for flag in ("--config", "--name", "--runs-root", "--resume", "--overwrite"):
         assert flag in out
+
+
+def test_stage_cli_checks_the_run_dir_before_any_work(tmp_path, capsys):
+    path = write(tmp_path, "", name="toy.yaml")
+    runs = tmp_path / "runs"
+    common = ["--config", str(path), "--runs-root", str(runs)]
+    with pytest.raises(SystemExit):
+        stage_cli(ToyStageConfig, "toy", [*common, "--resume"])
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    (runs / "toy" / "mini").mkdir(parents=True)
+    (runs / "toy" / "mini" / "config.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit):
+        stage_cli(ToyStageConfig, "toy", common)
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    _, args = stage_cli(ToyStageConfig, "toy", [*common, "--overwrite"])
+    assert args.overwrite and (runs / "toy" / "mini" / "config.yaml").exists()   # the CLI deletes nothing

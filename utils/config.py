@@ -242,7 +242,7 @@ def _help_epilog(schema: type, default_config: str) -> str:
 
 
 def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
-              description: str = "") -> tuple[T, argparse.Namespace]:
+              description: str = "", check_run_dir: bool = True) -> tuple[T, argparse.Namespace]:
     """Parse the command line every training / evaluation script shares and load the stage config.
 
     Flags: `--config PATH` (default configs/mini/<stage>.yaml), `--name` (default: the config file's folder, e.g.
@@ -250,7 +250,8 @@ def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
     positional `key=value` overrides. `--help` lists the config keys with types, defaults and their sources.
 
     Returns (config instance, argparse namespace with config, name, runs_root, resume, overwrite, overrides).
-    Config errors exit with status 2 and a one-line message (argparse's convention).
+    Config errors, and (with `check_run_dir`) a run dir that exists without --resume / --overwrite or a --resume
+    without checkpoint, exit with status 2 and a one-line message (argparse's convention) before any work starts.
     """
     _check_schema(schema)
     default_config = f"configs/mini/{stage}.yaml"
@@ -276,4 +277,9 @@ def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
         cfg = load_config(schema, args.config, args.overrides)
     except ConfigError as err:
         parser.error(str(err))
+    if check_run_dir and int(os.environ.get("RANK", "0")) == 0:
+        from utils.run_dir import run_dir_problem
+        problem = run_dir_problem(Path(args.runs_root) / stage / args.name, args.resume, args.overwrite)
+        if problem:
+            parser.error(problem)
     return cfg, args

@@ -25,6 +25,25 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def run_dir_problem(path: str | os.PathLike, resume: bool, overwrite: bool) -> str | None:
+    """Why the run at `path` cannot start as asked (None = it can). Shared by RunDir and utils.config.stage_cli,
+    which checks before any data is loaded."""
+    path = Path(path)
+    last = path / "checkpoints" / "last.pt"
+    existing = path.is_dir() and any(path.iterdir())
+    if resume and overwrite:
+        return ("resume and overwrite exclude each other (resume continues a run, overwrite deletes it); pass only "
+                "one of --resume / --overwrite")
+    if resume and not last.is_file():
+        return (f"--resume: no checkpoint to resume from at {last} "
+                f"({'the run exists but has no last.pt' if existing else 'no such run'}); "
+                f"start the run without --resume")
+    if existing and not resume and not overwrite:
+        return (f"run dir {path} already exists; pass --resume to continue it or --overwrite to delete it and "
+                f"start again (or choose another --name)")
+    return None
+
+
 class RunDir:
     """Paths of one run; creates the folder (rank 0) and enforces the refuse / resume / overwrite rule.
 
@@ -39,8 +58,7 @@ class RunDir:
     def __init__(self, stage: str, name: str, root: str | os.PathLike = "runs",
                  resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
-            raise RunDirError("RunDir: resume and overwrite exclude each other (resume continues a run, overwrite "
-                              "deletes it); pass only one of --resume / --overwrite")
+            raise RunDirError(run_dir_problem(root, resume, overwrite))
         for what, value in (("stage", stage), ("name", name)):
             if not value or "/" in value or "\\" in value or value in (".", ".."):
                 raise RunDirError(f"RunDir: {what} must be a plain folder name, got {value!r}")
@@ -59,16 +77,10 @@ class RunDir:
             self._prepare()
 
     def _prepare(self) -> None:
-        existing = self.path.is_dir() and any(self.path.iterdir())
-        if self.resume:
-            if not self.last.is_file():
-                raise RunDirError(f"--resume: no checkpoint to resume from at {self.last} "
-                                  f"({'the run exists but has no last.pt' if existing else 'no such run'}); "
-                                  f"start the run without --resume")
-        elif existing:
-            if not self.overwrite:
-                raise RunDirError(f"run dir {self.path} already exists; pass --resume to continue it or "
-                                  f"--overwrite to delete it and start again (or choose another --name)")
+        problem = run_dir_problem(self.path, self.resume, self.overwrite)
+        if problem:
+            raise RunDirError(problem)
+        if self.overwrite and self.path.exists():
             shutil.rmtree(self.path)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.tb_dir.mkdir(parents=True, exist_ok=True)
