@@ -68,7 +68,7 @@ class TrainConfig:
     log_every: int = 50               # tensorboard scalars every this many steps
     val_every: int = 0                # validate every this many steps (0 = only at the end)
     ckpt_every: int = 1000            # write last.pt every this many steps (0 = only at the end)
-    num_workers: int = 0              # DataLoader workers (0 = main process; needed for bit-exact resume)
+    num_workers: int = 0              # DataLoader workers; random per-item crops resume bit-exactly only with 0
 
 
 class NonFiniteLossError(FloatingPointError):
