@@ -180,6 +180,12 @@ def standing(n: int, st: State) -> Track:
                  foot_pitch=np.full((n, 2), FOOT_PITCH), wrists=np.tile(HANG, (n, 2, 1)))
 
 
+def hold_last(tr: Track, n: int) -> Track:
+    """The track followed by n copies of its last frame (an action may end seated or with arms raised)."""
+    return Track(*[np.concatenate([getattr(tr, f), np.repeat(getattr(tr, f)[-1:], n, 0)])
+                   for f in Track.__dataclass_fields__])
+
+
 def _clamp_pelvis_height(tr: Track) -> None:
     """Lower the pelvis where a grounded ankle would be out of reach (keeps planted feet planted)."""
     r = _ry(tr.heading)
@@ -229,10 +235,12 @@ def smoothstep(u: np.ndarray) -> np.ndarray:
     return u * u * (3 - 2 * u)
 
 
-def keyframes(n: int, keys: list[tuple[float, object]]) -> np.ndarray:
+def keyframes(n: int, keys: list[tuple[float, object]], arc: bool = False) -> np.ndarray:
     """Smooth (smoothstep) interpolation of values keyed at frame times; constant outside the keys.
 
     keys: [(frame, value)] with increasing frames; values are scalars or arrays of one shape. Returns (n, ...).
+    arc: for (3,) vectors relative to a joint (wrist targets): interpolate the direction along a great circle
+    and the length linearly, so a hand swings round the shoulder instead of cutting through it.
     """
     times = np.array([k[0] for k in keys], dtype=float)
     vals = np.stack([np.asarray(k[1], dtype=float) for k in keys])
@@ -241,7 +249,17 @@ def keyframes(n: int, keys: list[tuple[float, object]]) -> np.ndarray:
     span = np.maximum(times[idx + 1] - times[idx], 1e-9)
     u = smoothstep((t - times[idx]) / span)
     u = u.reshape((-1,) + (1,) * (vals.ndim - 1))
-    return vals[idx] * (1 - u) + vals[idx + 1] * u
+    a, b = vals[idx], vals[idx + 1]
+    if not arc:
+        return a * (1 - u) + b * u
+    ra, rb = np.linalg.norm(a, axis=-1, keepdims=True), np.linalg.norm(b, axis=-1, keepdims=True)
+    da, db = a / np.maximum(ra, 1e-9), b / np.maximum(rb, 1e-9)
+    omega = np.arccos(np.clip(np.sum(da * db, -1, keepdims=True), -1.0, 1.0))
+    sin_o = np.sin(omega)
+    small = sin_o < 1e-4
+    wa = np.where(small, 1 - u, np.sin((1 - u) * omega) / np.where(small, 1.0, sin_o))
+    wb = np.where(small, u, np.sin(u * omega) / np.where(small, 1.0, sin_o))
+    return (wa * da + wb * db) * (ra * (1 - u) + rb * u)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -377,14 +395,14 @@ def act_walk(st: State, rng, budget: int):
 
 def act_run(st: State, rng, budget: int):
     speed_name = _pick(rng, ["slow", "normal", "fast"])
-    speed = {"slow": 2.2, "normal": 2.9, "fast": 3.6}[speed_name] * rng.uniform(0.9, 1.1)
+    speed = {"slow": 2.0, "normal": 2.6, "fast": 3.2}[speed_name] * rng.uniform(0.9, 1.1)
     curve = _pick(rng, ["straight", "straight", "left", "right"])
     period = {"slow": 8, "normal": 7, "fast": 6}[speed_name]
     steps = int(rng.integers(6, 15))
     n = min(budget, (steps + 5) * period + 2)
     yaw = {"straight": 0.0, "left": np.pi / 2, "right": -np.pi / 2}[curve] * rng.uniform(0.7, 1.0)
     g = Gait(speed=speed, yaw=yaw, period=period, duty=0.36, bob=0.035, lift=0.22, lower=0.05, lean=0.18,
-             arm_swing=1.0, arm_bend=1.0)
+             arm_swing=0.8, arm_bend=1.0)
     tr, end = locomote(st, n, g)
     adv = "" if speed_name == "normal" else _pick(rng, _SPEEDS[speed_name] if speed_name == "fast"
                                                   else ["slowly", "at a slow pace"])
@@ -424,8 +442,9 @@ def act_jump(st: State, rng, budget: int):
         tr.ankles[:, :, 1] = ANKLE_H + np.where(air, (y - STAND_H - 0.03) + tuck * np.sin(np.pi * u), 0.0)[:, None]
         tr.foot_pitch[:, :] = FOOT_PITCH + np.where(air, 0.4 * np.sin(np.pi * u), 0.0)[:, None]
         tr.lean = keyframes(n, [(0, 0.04), (crouch, 0.45), (t0, 0.1), (t1, 0.1), (t1 + land, 0.35), (n - 1, 0.04)])
-        arm = keyframes(n, [(0, HANG), (crouch, [0.08, -0.40, -0.30]), (t0 + 2, [0.05, 0.05, 0.40]),
-                            (t1, [0.05, -0.25, 0.35]), (n - 1, HANG)])
+        arm_up = t0 + max(3, flight // 2)
+        arm = keyframes(n, [(0, HANG), (crouch, [0.08, -0.40, -0.30]), (arm_up, [0.05, 0.05, 0.40]),
+                            (t1, [0.05, -0.25, 0.35]), (n - 1, HANG)], arc=True)
         tr.wrists = np.stack([arm, arm], 1)
         tr_parts.append(tr)
         cur = State(float(tr.root[-1, 0]), float(tr.root[-1, 2]), cur.heading)
@@ -452,7 +471,7 @@ def act_wave(st: State, rng, budget: int):
     tr = standing(n, st)
     t = np.arange(n)
     raised = np.array([0.22, 0.38, 0.12])
-    w = keyframes(n, [(0, HANG), (up, raised), (up + hold, raised), (up + hold + down, HANG)])
+    w = keyframes(n, [(0, HANG), (up, raised), (up + hold, raised), (up + hold + down, HANG)], arc=True)
     osc = np.where((t >= up) & (t < up + hold), amp * np.sin(2 * np.pi * (t - up) / per), 0.0)
     w[:, 0] += osc
     for a, name in enumerate(("left", "right")):
@@ -528,7 +547,8 @@ def act_punch(st: State, rng, budget: int):
                    ("box", "with both hands")]
     else:
         phrases = [("punch", _join("with", _pick(rng, ["his", "the", "their"]), hand, "hand", times)),
-                   ("throw", _join("a", hand, "punch", times)), ("punch", _join("forward with the", hand, "fist", times)),
+                   ("throw", _join("a", hand, "punch", times)),
+                   ("punch", _join("forward with the", hand, "fist", times)),
                    ("jab", _join("with the", hand, "hand", times))]
     return tr, st, Desc("punch", phrases, {"side": hand, "count": count})
 
@@ -621,7 +641,7 @@ def act_raise(st: State, rng, budget: int):
     target = {"up": np.array([0.06, 0.50, 0.06]), "forward": np.array([-0.02, 0.02, 0.50]),
               "sideways": np.array([0.50, 0.03, 0.02])}[how]
     keys = [(0, HANG), (up, target), (up + hold, target)] + ([(2 * up + hold, HANG)] if lower else [])
-    w = keyframes(n, keys)
+    w = keyframes(n, keys, arc=True)
     for a, name in enumerate(("left", "right")):
         if which in (name, "both"):
             tr.wrists[:, a] = w
@@ -858,8 +878,7 @@ def make_motion(seed: int, index: int) -> MiniMotion:
     else:
         raise RuntimeError(f"datasets/mini.py: could not fit motion {index} ({family}) into {MIN_LEN}..{MAX_LEN} "
                            "frames")
-    end_state = State(float(parts[-1].root[-1, 0]), float(parts[-1].root[-1, 2]), float(parts[-1].heading[-1]))
-    joints = pose(Track.concat(parts + [standing(post, end_state)]))
+    joints = pose(hold_last(Track.concat(parts), post))
     lines = [(c, 0.0, 0.0) for c in make_captions(rng, descs, int(rng.integers(2, 4)))]
     if family == "sequence":
         rows = len(joints) - 1          # feature rows; sub-clips index the feature array
