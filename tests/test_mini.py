@@ -208,3 +208,12 @@ def test_mirrored_copies_are_mirrors_in_the_same_split(tmp_path):
         assert np.abs((a - a[:, :1]) - (b - b[:, :1])).max() < 0.03
         assert [mini.mirror_caption(ln.split("#")[0]) for ln in _lines(root, i)] == \
             [ln.split("#")[0] for ln in _lines(root, f"M{i}")]
+
+
+@pytest.mark.parametrize("family", ["wave", "clap", "punch", "raise", "sit", "squat"])
+def test_no_pose_snaps_in_in_place_actions(mini_root, family):
+    # a held pose that snapped back to standing (or an elbow whipping round) shows as a huge joint acceleration
+    for i in [i for i in _ids(mini_root, "all") if _family(i) == family]:
+        j = np.load(mini_root / "new_joints" / f"{i}.npy").astype(np.float64)
+        accel = np.linalg.norm(np.diff(j, 2, axis=0), axis=-1) * 20 ** 2       # m/s^2
+        assert accel.max() < 120.0, (i, float(accel.max()))
