@@ -1000,6 +1000,9 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
     if num_motions < 3:
         raise ValueError(f"datasets/mini.py: --num-motions must be at least 3 (one per split), got {num_motions}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"datasets/mini.py: --out {out} is a file, expected a folder (or a path that does "
+                              "not exist yet)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"datasets/mini.py: {out} exists and is not empty; pass --overwrite to replace it "
                               "or choose another --out")
