@@ -87,6 +87,7 @@ class RetrieverConfig:
     dropout: float = 0.1             # TMR transformer dropout
     head_dropout: float = 0.5        # paper.md §7 (dropout 0.5 in the projection heads)
     max_frames: int = 224            # reference §6.3 (Part_TMR max_motion_length); longer motions are cropped
+    frame_pool: int = 1              # 1 = every frame a token (paper); n > 1 averages n frames per token (CPU mini)
     text_encoder: str = "distilbert"  # paper §2.1; "minilm" = offline pretrained alternative (ARCHITECTURE.md §3)
     text_path: str = ""              # local HF folder ("" = package folder for minilm; required for distilbert)
     text_download: bool = False      # allow a hub download of distilbert-base-uncased (online only)
@@ -111,6 +112,8 @@ class RetrieverConfig:
             raise RetrieverError(f"{_MOD}: model.momentum must be in [0, 1], got {self.momentum}")
         if self.temperature <= 0:
             raise RetrieverError(f"{_MOD}: model.temperature must be > 0, got {self.temperature}")
+        if self.frame_pool < 1:
+            raise RetrieverError(f"{_MOD}: model.frame_pool must be >= 1 (1 = every frame), got {self.frame_pool}")
         if self.queue_size < 1:
             raise RetrieverError(f"{_MOD}: model.queue_size must be >= 1, got {self.queue_size}")
         if self.part_width % self.heads:
@@ -190,6 +193,7 @@ class SequenceSummarizer(nn.Module):
         d = cfg.part_width
         self.embed = nn.Linear(in_dim, d)
         self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.frame_pool = cfg.frame_pool
         self.register_buffer("pos", sinusoidal_table(cfg.max_frames + 1, d), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff_dim, cfg.dropout, activation="gelu",
@@ -197,10 +201,28 @@ class SequenceSummarizer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        h = torch.cat([self.summary.expand(B, 1, -1), self.embed(x)], dim=1) + self.pos[: T + 1]
+        h = self.embed(x)
+        if self.frame_pool > 1:
+            h, pad = pool_frames(h, pad, self.frame_pool)
+        B, T, _ = h.shape
+        h = torch.cat([self.summary.expand(B, 1, -1), h], dim=1) + self.pos[: T + 1]
         mask = torch.cat([pad.new_zeros(B, 1), pad], dim=1)
         return self.encoder(self.drop(h), src_key_padding_mask=mask)[:, 0]
+
+
+def pool_frames(h: Tensor, pad: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Average every n consecutive valid frames: h (B, T, D), pad (B, T) -> (B, ceil(T/n), D), (B, ceil(T/n)).
+
+    A pooled token is padding when all of its frames are padding."""
+    B, T, D = h.shape
+    extra = (-T) % n
+    if extra:
+        h = F.pad(h, (0, 0, 0, extra))
+        pad = F.pad(pad, (0, extra), value=True)
+    valid = (~pad).to(h.dtype).view(B, -1, n, 1)
+    count = valid.sum(2)
+    pooled = (h.view(B, -1, n, D) * valid).sum(2) / count.clamp_min(1.0)
+    return pooled, count.squeeze(-1) == 0
 
 
 class PartMotionEncoder(nn.Module):

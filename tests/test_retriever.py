@@ -289,3 +289,96 @@ def test_config_round_trip_rebuilds_same_shapes():
     twin = RetrieverConfig(**dataclasses.asdict(cfg))
     a, b = BMMRetriever(cfg), BMMRetriever(twin)
     assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+
+
+def test_pool_frames_by_hand():
+    from models.retriever import pool_frames
+
+    h = torch.arange(10, dtype=torch.float32).view(1, 5, 2)            # frames [0,1], [2,3], ..., [8,9]
+    pad = torch.tensor([[False, False, False, True, True]])            # length 3
+    pooled, ppad = pool_frames(h, pad, 2)
+    # tokens: mean(frames 0,1) = [1, 2]; frame 2 only (frame 3 is padding) = [4, 5]; frame 4 is padding
+    torch.testing.assert_close(pooled[0, :2], torch.tensor([[1.0, 2.0], [4.0, 5.0]]))
+    assert ppad.tolist() == [[False, False, True]]
+
+
+def test_frame_pool_keeps_padding_invariance():
+    torch.manual_seed(0)
+    enc = PartMotionEncoder(tiny_cfg(frame_pool=4)).eval()
+    b = tiny_batch()
+    out = enc(b["motion"], b["length"])
+    noisy = b["motion"].clone()
+    noisy[3, 12:] = -50.0
+    torch.testing.assert_close(enc(noisy, b["length"]), out, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- the stage
+
+def _stage_cfg(root, **train):
+    from datasets.motion_dataset import DataConfig
+    from utils.tasks.retriever import RetrieverRunConfig, RetrieverStageConfig
+    from utils.training import TrainConfig
+
+    tcfg = dict(batch_size=8, max_steps=4, epochs=0, lr=1e-4, optimizer="adam", schedule="cosine", val_every=2,
+                ckpt_every=2, log_every=1, betas=[0.9, 0.999])
+    tcfg.update(train)
+    return RetrieverStageConfig(data=DataConfig(root=str(root), feat_bias=1.0), model=tiny_cfg(queue_size=16),
+                                train=TrainConfig(**tcfg), retriever=RetrieverRunConfig(database_batch_size=16))
+
+
+def test_task_param_groups_use_reference_factors(mini_root):
+    from utils.tasks.retriever import RetrieverTask
+
+    task = RetrieverTask(_stage_cfg(mini_root))
+    groups = task.param_groups()
+    assert [(g["name"], g["lr_factor"]) for g in groups] == [("motion", 10.0), ("head", 10.0)]   # text frozen
+
+
+def test_task_refuses_batch_not_dividing_queue(mini_root):
+    from utils.tasks.retriever import RetrieverTask
+
+    with pytest.raises(RetrieverError, match=r"queue_size \(16\) must be a multiple of the batch size \(6\)"):
+        RetrieverTask(_stage_cfg(mini_root, batch_size=6))
+
+
+def test_stage_trains_builds_database_and_evaluates(mini_root, tmp_path):
+    """Trainer → best.pt (by val R@1 sum) → database next to it → evaluation, all from the checkpoint alone."""
+    from datasets.motion_dataset import build_dataset
+    from models.retriever import RetrievalDatabase, default_database_path
+    from utils.checkpoint import load_checkpoint
+    from utils.run_dir import RunDir
+    from utils.tasks.retriever import (RetrieverTask, build_database, evaluate_retriever, load_database_for,
+                                       load_retriever, retrieval_markdown)
+    from utils.training import Trainer
+
+    cfg = _stage_cfg(mini_root)
+    train_set = build_dataset(cfg.data, "train", "text")
+    val_set = build_dataset(cfg.data, "val", "text")
+    task = RetrieverTask(cfg, val_set=val_set)
+    run = RunDir("retriever", "t", tmp_path)
+    out = Trainer(task, cfg.train, run, train_set, val_set, config=cfg).fit()
+    assert out["step"] == 4.0 and "val/R01_sum" in out
+    assert out["val/R01_sum"] == pytest.approx(out["val/t2m/R01"] + out["val/m2t/R01"])
+    assert int(task.model.queue_count) == 16 and int(task.model.queue_ptr) == 0          # 4 steps × 8 keys, wrapped
+    ckpt = load_checkpoint(run.last, stage="retriever")
+    assert int(ckpt["model"]["queue_count"]) == 16                                       # queues are checkpointed
+    model, _ = load_retriever(run.final_checkpoint)
+    final = load_checkpoint(run.final_checkpoint, stage="retriever")
+    assert torch.equal(model.motion_queue, final["model"]["motion_queue"])             # rebuilt from the file alone
+
+    db = build_database(run.final_checkpoint, cfg.data, progress=False, batch_size=16)
+    assert default_database_path(run.final_checkpoint).is_file()
+    again = load_database_for(run.final_checkpoint, model, "t2m")
+    assert again.motion_ids == db.motion_ids
+    assert again.meta.retriever_fingerprint == model.weights_fingerprint()
+
+    results = evaluate_retriever(run.final_checkpoint, cfg.data, split="test", protocols=("normal",))
+    assert set(results["normal"]) == {f"{d}/{k}" for d in ("t2m", "m2t")
+                                      for k in ("R01", "R02", "R03", "R05", "R10", "MedR")}
+    table = retrieval_markdown(results, "Retriever (mini dataset)", note="mini numbers")
+    assert "| normal | text→motion |" in table and "R@1" in table and "R@10" in table
+
+    # another retriever's weights: the database is refused
+    other = BMMRetriever(tiny_cfg(queue_size=16))
+    with pytest.raises(RetrieverError, match="rebuild the database"):
+        RetrievalDatabase.load(default_database_path(run.final_checkpoint), fingerprint=other.weights_fingerprint())
