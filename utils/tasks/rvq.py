@@ -120,8 +120,8 @@ class UsageMeter:
             used = (h > 0).float().mean(-1)
             for level in range(h.shape[0]):
                 out[f"usage/{name}/perplexity/l{level}"] = float(ppl[level])
-                out[f"usage/{name}/used/l{level}"] = float(used[level])
-            out[f"usage/{name}/used_min"] = float(used.min())
+            out[f"usage/{name}/used_min"] = float(used.min())      # fraction of the codebook used, worst level
+            out[f"usage/{name}/used_mean"] = float(used.mean())
         return out
 
 
@@ -325,5 +325,4 @@ def render_val_example(ckpt_path: str | Path, data_cfg: DataConfig, path: str | 
     length = int(item["length"])
     raw = torch.as_tensor(ds.denormalize(item["motion"][:length].numpy())).float()   # (T, D)
     recon = tok.denormalize(tok.model(tok.normalize(raw)[None]).recon[0])
-    title = f"{item.get('id', '')} ({length} frames): {item.get('caption', '')}"
-    return render_reconstruction(raw, recon, tok.model.cfg.dataset, path, title=title[:100])
+    return render_reconstruction(raw, recon, tok.model.cfg.dataset, path, title=f"{split} {item.get('id', '')}")
