@@ -197,3 +197,125 @@ def test_opt_txt_round_trip(tmp_path):
     text = (tmp_path / "opt.txt").read_text()
     assert text.startswith("------------ Options -------------\n") and "dim_pose: 263\n" in text
     assert ev.read_opt_txt(tmp_path / "opt.txt") == opts
+
+
+# ------------------------------------------------------------------------------------ training our own evaluator
+
+def _stage_cfg(**loss):
+    from utils.tasks.evaluator import EvaluatorLossConfig, EvaluatorStageConfig
+
+    return EvaluatorStageConfig(model=ev.EvaluatorConfig(dim_pose=263, **SMALL),
+                                loss=EvaluatorLossConfig(**loss))
+
+
+def test_contrastive_loss_hand_computed():
+    from utils.tasks.evaluator import contrastive_loss
+
+    text = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    motion = torch.zeros(2, 2)
+    pos, neg = contrastive_loss(text, motion, margin=10.0, shift=1)
+    assert float(pos) == pytest.approx((0 + 25) / 2)          # d = 0, 5
+    assert float(neg) == pytest.approx((100 + 25) / 2)        # (10-0)^2, (10-5)^2
+    # distances beyond the margin cost nothing
+    _, neg_far = contrastive_loss(text * 10, motion, margin=10.0, shift=1)
+    assert float(neg_far) == pytest.approx(100 / 2)           # d = 0 and 50
+
+
+def test_export_official_reloads_with_the_same_encodings(tmp_path):
+    from tests.test_evaluation import FakeEvalSet, collate
+    from utils.tasks.evaluator import EvaluatorModel, export_official
+
+    cfg = _stage_cfg()
+    torch.manual_seed(0)
+    model = EvaluatorModel(cfg.model).eval()
+    data = FakeEvalSet(n=6)
+    batch = collate([data[i] for i in range(6)])
+    path = export_official(tmp_path / "run", model.state_dict(), data.mean, data.std, cfg, epoch=3, iteration=7)
+    assert path == tmp_path / "run" / "text_mot_match" / "model" / "finest.tar"
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == 3 and raw["iter"] == 7 and "movement_decoder" not in raw
+    e = ev.load_official_evaluator(path, dataset="t2m")          # meta found in text_mot_match/meta
+    np.testing.assert_array_equal(e.std.numpy(), data.std)
+    with torch.no_grad():
+        t_ref, m_ref = model.embed(batch)
+    torch.testing.assert_close(e.encode_text(batch["word_embs"], batch["pos_ohot"], batch["sent_len"]), t_ref)
+    torch.testing.assert_close(e.encode_motion(batch["motion"], batch["length"]), m_ref)
+    opts = ev.read_opt_txt(tmp_path / "run" / "text_mot_match" / "opt.txt")
+    assert opts["dim_pose"] == 263 and opts["negative_margin"] == 10.0
+
+
+def test_movement_pretraining_lowers_reconstruction_and_freezes(tmp_path):
+    from tests.test_evaluation import FakeEvalSet, collate
+    from utils.tasks.evaluator import EvaluatorModel, pretrain_movement_encoder
+
+    cfg = _stage_cfg(movement_pretrain_steps=20, movement_pretrain_lr=1e-2)
+    cfg.train.batch_size = 8
+    torch.manual_seed(0)
+    model = EvaluatorModel(cfg.model)
+    losses = pretrain_movement_encoder(model, FakeEvalSet(n=8, t=16), cfg, collate, torch.device("cpu"),
+                                       progress=False)
+    assert len(losses) == 20 and np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert model.movement_frozen and not any(p.requires_grad for p in model.movement_encoder.parameters())
+    model.train()
+    assert not model.movement_encoder.training and model.motion_encoder.training
+
+
+def _overfit(steps):
+    from tests.test_evaluation import FakeEvalSet, collate
+    from utils.tasks.evaluator import EvaluatorTask
+
+    cfg = _stage_cfg(movement_mode="joint")
+    torch.manual_seed(0)
+    task = EvaluatorTask(cfg, seed=0)
+    data = FakeEvalSet(n=8, t=16)
+    batch = collate([data[i] for i in range(8)])
+    opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(steps):
+        loss, logs = task.training_step(task.model, batch, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["loss"])
+    return task, batch, losses
+
+
+def test_contrastive_training_step_lowers_the_loss():
+    task, batch, losses = _overfit(30)
+    assert np.mean(losses[-5:]) < 0.9 * losses[0]
+    val = task.validate([batch])
+    assert set(val) >= {"val/loss", "val/loss_pos", "val/loss_neg", "val/R_precision_top1", "val/R_precision_top3"}
+
+
+@pytest.mark.slow
+def test_contrastive_training_overfits_a_batch():
+    task, batch, losses = _overfit(200)
+    assert losses[-1] < 0.7 * losses[0]
+    assert task.validate([batch])["val/R_precision_top3"] >= 0.5        # chance is 3/8 on 8 samples
+
+
+TINY_OVERRIDES = ["model.dim_text_hidden=8", "model.dim_motion_hidden=8", "model.dim_coemb_hidden=8",
+                  "model.dim_movement_enc_hidden=8", "model.dim_movement_latent=8", "train.batch_size=8",
+                  "train.max_steps=3", "train.val_every=0", "train.log_every=1", "loss.movement_pretrain_steps=2"]
+
+
+def test_train_evaluator_script_writes_a_loadable_official_checkpoint(mini_root, tmp_path):
+    import train_evaluator
+
+    rc = train_evaluator.main(["--config", "configs/mini/evaluator.yaml", "--runs-root", str(tmp_path),
+                               "--name", "t", f"data.root={mini_root}", *TINY_OVERRIDES])
+    assert rc == 0
+    run = tmp_path / "evaluator" / "t"
+    final = run / "text_mot_match" / "model" / "finest.tar"
+    e = ev.load_official_evaluator(final, dataset="t2m")
+    assert e.cfg.dim_coemb_hidden == 8 and e.cfg.dim_word == 300
+    # meta = the training statistics with the feat_bias rule (reference §1.5)
+    std = np.load(mini_root / "Std.npy")
+    np.testing.assert_allclose(e.std.numpy()[4:-4], std[4:-4], rtol=1e-6)
+    np.testing.assert_allclose(e.std.numpy()[:4], std[:4] / 5.0, rtol=1e-6)
+    # the exported encoders are the trained model's (best/last checkpoint of the run)
+    from utils.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt", stage="evaluator")
+    torch.testing.assert_close(e.motion_encoder.state_dict()["hidden"], ckpt["model"]["motion_encoder.hidden"])
+    assert ev.read_opt_txt(run / "text_mot_match" / "opt.txt")["dim_coemb_hidden"] == 8

@@ -1,0 +1,65 @@
+"""Train the standard T2M evaluator (Guo et al. 2022) on a dataset in the HumanML3D layout.
+
+    python train_evaluator.py                                   # mini dataset, configs/mini/evaluator.yaml
+    python train_evaluator.py --config configs/humanml3d/evaluator.yaml data.root=dataset/HumanML3D
+
+Recipe of reference.md §3.5 (contrastive loss, margin 10, shifted negatives; Adam 1e-4; batch 32; clip 0.5); the
+movement encoder is first pre-trained with a reconstruction head and frozen (loss.movement_mode=pretrain) or trained
+jointly (joint). Writes runs/evaluator/<name>/ (config.yaml, checkpoints/, tb/) and the official layout
+runs/evaluator/<name>/text_mot_match/{model/finest.tar, meta/{mean,std}.npy, opt.txt}, which
+`eval_t2m.py` loads with evaluator.path=runs/evaluator/<name>/text_mot_match/model/finest.tar.
+For paper-comparable numbers use the released evaluator instead.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    from datasets.motion_dataset import build_dataset, collate
+    from utils.checkpoint import load_checkpoint
+    from utils.config import save_config, stage_cli, to_dict
+    from utils.run_dir import RunDir
+    from utils.tasks.evaluator import (EvaluatorStageConfig, EvaluatorTask, check_stage_config, export_official,
+                                       pretrain_movement_encoder, replace_model_dim)
+    from utils.training import Trainer, seed_everything, select_device
+
+    cfg, args = stage_cli(EvaluatorStageConfig, "evaluator", argv, description=__doc__)
+    cfg = replace_model_dim(cfg)
+    check_stage_config(cfg)
+    run = RunDir("evaluator", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
+    save_config(cfg, run.config_path)
+    seed_everything(cfg.train.seed)
+    device = select_device(cfg.train.device)
+
+    train_set = build_dataset(cfg.data, "train", "eval")
+    val_set = build_dataset(cfg.data, "val", "eval", vectorizer=train_set.vectorizer)
+    if train_set.vectorizer.dim != cfg.model.dim_word:
+        raise SystemExit(f"train_evaluator.py: the GloVe vectors in {train_set.vectorizer.glove_dir} are "
+                         f"{train_set.vectorizer.dim}-d but model.dim_word={cfg.model.dim_word}; set "
+                         f"model.dim_word={train_set.vectorizer.dim}")
+    task = EvaluatorTask(cfg, seed=cfg.train.seed)
+    if cfg.loss.movement_mode == "pretrain" and args.resume:
+        task.model.freeze_movement()          # pre-trained before the first run; the optimizer excludes it
+    elif cfg.loss.movement_mode == "pretrain":
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run.tb_dir / "pretrain")) as writer:
+            losses = pretrain_movement_encoder(task.model, train_set, cfg, collate, device, writer=writer)
+        if losses:
+            print(f"movement encoder pre-training: reconstruction loss {losses[0]:.4f} -> {losses[-1]:.4f} "
+                  f"({len(losses)} steps); encoder frozen")
+    task.model.to(device)
+    Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
+
+    ckpt = load_checkpoint(run.final_checkpoint, stage="evaluator")
+    final = export_official(run.path, ckpt["model"], train_set.mean, train_set.std, cfg,
+                            epoch=int(ckpt.get("epoch", 0)), iteration=int(ckpt.get("step", 0)),
+                            optimizer_state=ckpt.get("optimizer"))
+    print(f"evaluator in the official layout: {final}\n"
+          f"evaluate with: python eval_t2m.py --stage gt evaluator.path={final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
