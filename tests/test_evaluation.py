@@ -153,3 +153,72 @@ def test_reference_protocol_flag():
     assert E.EvalConfig().is_reference_protocol()
     assert not E.EvalConfig(replications=5).is_reference_protocol()
     assert not E.EvalConfig(fast=True).is_reference_protocol()
+    assert E.EvalConfig(mm_mode="off").is_reference_protocol()       # GT / reconstructions have no MM
+
+
+# ------------------------------------------------------------------------------------------------ eval_t2m.py
+
+def _official_tiny_evaluator(root):
+    from tests.test_evaluator import save_official
+
+    path, _, _ = save_official(root, dim_word=300, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=8,
+                               dim_coemb_hidden=8, dim_movement_enc_hidden=8, dim_movement_latent=8)
+    return path
+
+
+def test_eval_t2m_gt_stage_writes_report(mini_root, tmp_path):
+    import eval_t2m
+
+    path = _official_tiny_evaluator(tmp_path)
+    rc = eval_t2m.main(["--stage", "gt", "--runs-root", str(tmp_path / "runs"), "--name", "t",
+                        f"data.root={mini_root}", f"evaluator.path={path}", "eval.batch_size=4",
+                        "eval.diversity_times=4", "eval.replications=2", "device=cpu"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "runs/eval/t/gt/eval.json").read_text())
+    gen = rep["metrics"]["ground truth (as generation)"]
+    assert gen["FID"]["mean"] == pytest.approx(0.0, abs=1e-3)
+    assert gen["R_precision_top3"]["values"] == pytest.approx(rep["metrics"]["gt"]["R_precision_top3"]["values"])
+    assert rep["evaluator"] == str(path) and rep["config"]["mm_mode"] == "off"
+    md = (tmp_path / "runs/eval/t/gt/eval.md").read_text()
+    assert "mini dataset" in md and "NOT COMPARABLE" in md            # 2 replications, batch 4
+
+
+def test_eval_t2m_generator_stage_is_not_implemented(capsys):
+    import eval_t2m
+
+    assert eval_t2m.main(["--stage", "t2m"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_eval_t2m_missing_evaluator_says_what_is_expected(mini_root, tmp_path, capsys):
+    import eval_t2m
+
+    rc = eval_t2m.main(["--stage", "gt", "--runs-root", str(tmp_path), f"data.root={mini_root}",
+                        f"evaluator.path={tmp_path}/nope/finest.tar", "device=cpu"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "not found" in err and "text_mot_match/model/finest.tar" in err
+
+
+def test_eval_t2m_other_dataset_evaluator_is_refused(mini_root, tmp_path, capsys):
+    import eval_t2m
+    from tests.test_evaluator import save_official
+
+    path, _, _ = save_official(tmp_path, dataset="kit")
+    rc = eval_t2m.main(["--stage", "gt", "--runs-root", str(tmp_path), f"data.root={mini_root}",
+                        f"evaluator.path={path}", "device=cpu"])
+    assert rc == 1 and "251-d" in capsys.readouterr().err
+
+
+def test_eval_t2m_glove_folder_missing_a_file(mini_root, tmp_path, capsys):
+    import shutil
+
+    import eval_t2m
+
+    glove = tmp_path / "glove"
+    shutil.copytree(mini_root / "glove", glove)
+    (glove / "our_vab_idx.pkl").unlink()
+    path = _official_tiny_evaluator(tmp_path)
+    rc = eval_t2m.main(["--stage", "gt", "--runs-root", str(tmp_path), f"data.root={mini_root}",
+                        f"data.glove_dir={glove}", f"evaluator.path={path}", "device=cpu"])
+    assert rc == 1 and "missing our_vab_idx.pkl" in capsys.readouterr().err

@@ -73,8 +73,11 @@ class EvalConfig:
                              "mm_repeats": min(self.mm_repeats, self.mm_times)})
 
     def is_reference_protocol(self) -> bool:
+        """True when the run follows reference §4 (MultiModality settings only count when it is on: ground truth
+        and reconstructions have none)."""
         eff = self.effective()
-        return not self.fast and all(getattr(eff, k) == v for k, v in REFERENCE_PROTOCOL.items())
+        keys = [k for k in REFERENCE_PROTOCOL if eff.mm_mode != "off" or not k.startswith("mm_")]
+        return not self.fast and all(getattr(eff, k) == REFERENCE_PROTOCOL[k] for k in keys)
 
 
 class EvaluationError(ValueError):
@@ -306,6 +309,10 @@ def render_markdown(report: dict) -> str:
             continue
         lines.append(f"| {metric} | " + " | ".join(_fmt(report["metrics"][c].get(metric)) for c in cols) + " |")
     cfg = report["config"]
+    extra = report.get("extra_metrics") or {}
+    if extra:
+        lines += ["", "Other metrics:", ""]
+        lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()]
     lines += ["", f"mean ± 1.96·std/√n over n = {cfg['replications']} replications (population std); "
                   f"{report['samples_per_replication']} samples per replication in batches of {cfg['batch_size']}.",
               "", "## Provenance", "",

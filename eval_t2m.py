@@ -1,0 +1,229 @@
+"""Evaluate a stage of the pipeline on the test split with the standard T2M evaluator (or TMR retrieval protocols).
+
+    python eval_t2m.py --stage gt                               # ground truth as the "generation" (FID ~ 0)
+    python eval_t2m.py --stage rvq checkpoints.rvq=runs/rvq/mini/checkpoints/best.pt
+    python eval_t2m.py --stage retriever                        # TMR protocols normal / threshold / nsim / guo
+    python eval_t2m.py --stage gt --config configs/humanml3d/eval.yaml data.root=dataset/HumanML3D
+    python eval_t2m.py --stage gt --replications 1 --fast       # quick check, labelled NOT COMPARABLE
+
+Writes `<runs-root>/eval/<name>/<stage>/eval.json` and `eval.md` (mean ± 95% CI over replications, commit hash,
+config, checkpoint and evaluator paths, seeds). The evaluator defaults to the official
+`checkpoints/<t2m|kit>/text_mot_match/model/finest.tar`; the mini config points at the one `train_evaluator.py`
+trains (`runs/evaluator/mini/text_mot_match/model/finest.tar`). Numbers from the mini dataset or from our own
+evaluator are not comparable to published tables.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datasets.motion_dataset import DataConfig
+from utils.evaluation import EvalConfig
+
+STAGES = ("gt", "rvq", "retriever", "t2m")
+
+
+@dataclass
+class EvaluatorPathConfig:
+    path: str = ""        # "" = checkpoints/<t2m|kit>/text_mot_match/model/finest.tar (reference §3.1)
+    meta_dir: str = ""    # "" = found next to the checkpoint (checkpoints/<ds>/Comp_v6_KLD005/meta, reference §3.1)
+
+
+@dataclass
+class CheckpointPaths:
+    rvq: str = ""         # RVQ-VAE checkpoint for --stage rvq ("" = runs/rvq/<name>/checkpoints/best.pt)
+    retriever: str = ""   # retriever checkpoint for --stage retriever ("" = runs/retriever/<name>/checkpoints/best.pt)
+
+
+@dataclass
+class EvalStageConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluator: EvaluatorPathConfig = field(default_factory=EvaluatorPathConfig)
+    checkpoints: CheckpointPaths = field(default_factory=CheckpointPaths)
+    split: str = "test"               # reference §4: the test split
+    device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    retrieval_protocols: list[str] = field(default_factory=lambda: ["normal", "threshold", "nsim", "guo"])
+
+
+def default_evaluator_path(dataset: str) -> str:
+    return f"checkpoints/{dataset}/text_mot_match/model/finest.tar"
+
+
+def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
+    from utils.config import ConfigError, describe_schema, load_config
+
+    keys = "\n".join(f"  {k} ({t}) = {d}{'   # ' + c if c else ''}" for k, t, d, c in describe_schema(EvalStageConfig))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys (override as key=value):\n" + keys)
+    parser.add_argument("--stage", required=True, choices=STAGES,
+                        help="what to evaluate: gt (ground truth), rvq (reconstructions), retriever (TMR "
+                             "protocols), t2m (full generator; not implemented yet)")
+    parser.add_argument("--config", default="configs/mini/eval.yaml", metavar="PATH",
+                        help="eval YAML (default: configs/mini/eval.yaml)")
+    parser.add_argument("--name", default=None, help="run name (default: the config's folder, e.g. 'mini')")
+    parser.add_argument("--runs-root", default="runs", metavar="DIR", help="root of run dirs (default: runs)")
+    parser.add_argument("--replications", type=int, default=None,
+                        help="number of replications (default: eval.replications of the config, 20)")
+    parser.add_argument("--fast", action="store_true",
+                        help="1 replication and a shortened MultiModality; the report says NOT COMPARABLE")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.replications is not None:
+        overrides.append(f"eval.replications={args.replications}")
+    if args.fast:
+        overrides.append("eval.fast=true")
+    try:
+        cfg = load_config(EvalStageConfig, args.config, overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    if args.name is None:
+        args.name = Path(args.config).resolve().parent.name or "eval"
+    return cfg, args
+
+
+def load_evaluator(cfg: EvalStageConfig, device):
+    from models.evaluator import load_official_evaluator
+
+    path = cfg.evaluator.path or default_evaluator_path(cfg.data.dataset)
+    return load_official_evaluator(path, dataset=cfg.data.dataset, device=device,
+                                   meta_dir=cfg.evaluator.meta_dir or None)
+
+
+def _checkpoint(cfg_value: str, stage: str, args) -> str:
+    path = cfg_value or f"{args.runs_root}/{stage}/{args.name}/checkpoints/best.pt"
+    if not Path(path).is_file():
+        raise SystemExit(f"eval_t2m.py: --stage {stage}: checkpoint {path} not found; train it first "
+                         f"(python train_{stage}.py) or set checkpoints.{stage}=<path>")
+    return path
+
+
+def _deterministic(ecfg: EvalConfig) -> EvalConfig:
+    """GT and reconstructions are deterministic: MultiModality is meaningless (always 0), so it is switched off."""
+    return dataclasses.replace(ecfg, mm_mode="off")
+
+
+def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
+    from datasets.motion_dataset import build_dataset
+    from utils.evaluation import evaluate_t2m, write_report
+
+    evaluator = load_evaluator(cfg, device)
+    eval_set = build_dataset(cfg.data, cfg.split, "eval")
+
+    def ground_truth(batch):
+        return eval_set.denormalize(batch["motion"]), batch["length"]
+
+    report = evaluate_t2m(ground_truth, eval_set, evaluator, _deterministic(cfg.eval),
+                          label="ground truth (as generation)")
+    report["requested_config"] = asdict(cfg.eval)
+    write_report(report, out_dir, stage="gt", checkpoints={}, run_config=_plain(cfg), split=cfg.split,
+                 dataset_note=_dataset_note(cfg))
+    return report
+
+
+def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
+    """The standard metrics with RVQ-VAE reconstructions as the generation, plus the tokenizer's own
+    reconstruction numbers (`utils.tasks.rvq.evaluate_reconstruction`: MPJPE, feature L1, code usage)."""
+    import torch
+
+    from datasets.motion_dataset import build_dataset
+    from utils.evaluation import evaluate_t2m, write_report
+    from utils.tasks.rvq import evaluate_reconstruction, load_rvq
+
+    ckpt = _checkpoint(cfg.checkpoints.rvq, "rvq", args)
+    evaluator = load_evaluator(cfg, device)
+    tok = load_rvq(ckpt, device)
+    eval_set = build_dataset(cfg.data, cfg.split, "eval")
+
+    @torch.no_grad()
+    def reconstruct(batch):
+        raw = eval_set.denormalize(batch["motion"])
+        lengths = torch.as_tensor(batch["length"]).reshape(-1)
+        keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
+        x = tok.normalize(raw.to(device)) * keep.to(device)          # the tokenizer's statistics, zero-padded
+        return tok.denormalize(tok.model(x).recon).cpu(), lengths
+
+    report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
+    report["requested_config"] = asdict(cfg.eval)
+    recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=evaluator, device=device)
+    write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=_plain(cfg), split=cfg.split,
+                 dataset_note=_dataset_note(cfg), extra_metrics=recon)
+    return report
+
+
+def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
+    from utils.tasks.retriever import evaluate_retriever
+
+    ckpt = _checkpoint(cfg.checkpoints.retriever, "retriever", args)
+    result = evaluate_retriever(ckpt, cfg.data, split=cfg.split, protocols=tuple(cfg.retrieval_protocols),
+                                device=str(device))
+    _write_plain(out_dir, "retriever", result, {"retriever": ckpt}, cfg)
+    return result
+
+
+def _plain(cfg) -> dict:
+    from utils.config import to_dict
+    return to_dict(cfg)
+
+
+def _dataset_note(cfg: EvalStageConfig) -> str:
+    root = Path(cfg.data.root).name.lower()
+    if "mini" in root:
+        return "mini dataset: numbers are a smoke test, never comparable to paper tables"
+    return ""
+
+
+def _write_plain(out_dir: Path, stage: str, result: dict, checkpoints: dict, cfg: EvalStageConfig) -> None:
+    """eval.json / eval.md for results that are tables of numbers (retrieval protocols: {protocol: {key: value}})."""
+    from utils.evaluation import _atomic_write, git_commit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"stage": stage, "results": result, "checkpoints": checkpoints, "commit": git_commit(),
+              "run_config": _plain(cfg), "split": cfg.split, "dataset_note": _dataset_note(cfg)}
+    _atomic_write(out_dir / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
+    lines = [f"# Evaluation: {stage}", ""]
+    if report["dataset_note"]:
+        lines += [f"**{report['dataset_note']}**", ""]
+    tables = {k: v for k, v in result.items() if isinstance(v, dict)} if isinstance(result, dict) else {}
+    scalars = {k: v for k, v in result.items() if not isinstance(v, dict)} if isinstance(result, dict) else {}
+    if tables:
+        cols = sorted({c for v in tables.values() for c in v})
+        lines += ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for name, row in tables.items():
+            lines.append(f"| {name} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
+        lines.append("")
+    for k, v in scalars.items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "## Provenance", "", f"- commit: `{report['commit']}`"]
+    lines += [f"- {k}: `{v}`" for k, v in checkpoints.items()]
+    _atomic_write(out_dir / "eval.md", "\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    cfg, args = parse_args(argv)
+    if args.stage == "t2m":
+        print("eval_t2m.py: --stage t2m evaluates the full generator (mask + residual transformers), which is not "
+              "implemented yet (later issues); available stages: gt, rvq, retriever", file=sys.stderr)
+        return 2
+    from utils.training import select_device
+
+    device = select_device(cfg.device)
+    out_dir = Path(args.runs_root) / "eval" / args.name / args.stage
+    runner = {"gt": run_gt, "rvq": run_rvq, "retriever": run_retriever}[args.stage]
+    try:
+        runner(cfg, args, device, out_dir)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"eval_t2m.py: {e}", file=sys.stderr)
+        return 1
+    print(f"eval_t2m.py: wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
+    print((out_dir / "eval.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
