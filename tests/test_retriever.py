@@ -382,3 +382,33 @@ def test_stage_trains_builds_database_and_evaluates(mini_root, tmp_path):
     other = BMMRetriever(tiny_cfg(queue_size=16))
     with pytest.raises(RetrieverError, match="rebuild the database"):
         RetrievalDatabase.load(default_database_path(run.final_checkpoint), fingerprint=other.weights_fingerprint())
+
+
+@pytest.mark.slow
+def test_mini_training_retrieves_far_above_chance(tmp_path):
+    """The mini config (400 optimizer steps cut to 250 here) on a 400-motion mini dataset: text→motion R@1 on the
+    test split (protocol "normal": every test entry against all of them) must be far above chance 1/N.
+    Observed on the shared 2-core CPU (2026-11-25): see the report; about 4 minutes."""
+    from datasets.mini import write_mini_dataset
+    from datasets.motion_dataset import build_dataset
+    from utils.config import load_config
+    from utils.run_dir import RunDir
+    from utils.tasks.retriever import RetrieverStageConfig, RetrieverTask, evaluate_retriever
+    from utils.training import Trainer
+
+    root = tmp_path / "mini"
+    write_mini_dataset(root, num_motions=400, seed=1)
+    cfg = load_config(RetrieverStageConfig, "configs/mini/retriever.yaml",
+                      [f"data.root={root}", "train.max_steps=250", "train.val_every=125", "train.ckpt_every=125"])
+    train_set = build_dataset(cfg.data, "train", "text")
+    val_set = build_dataset(cfg.data, "val", "text")
+    task = RetrieverTask(cfg, val_set=val_set)
+    run = RunDir("retriever", "slow", tmp_path / "runs")
+    Trainer(task, cfg.train, run, train_set, val_set, config=cfg).fit()
+    res = evaluate_retriever(run.final_checkpoint, cfg.data, split="test", protocols=("normal",))["normal"]
+    n_test = len(build_dataset(cfg.data, "test", "text"))
+    chance = 100.0 / n_test
+    print(f"mini retriever: {n_test} test entries, chance R@1 {chance:.2f}%, t2m/R01 {res['t2m/R01']}, "
+          f"m2t/R01 {res['m2t/R01']}, t2m/R10 {res['t2m/R10']}, t2m/MedR {res['t2m/MedR']}")
+    assert res["t2m/R01"] > 5 * chance
+    assert res["t2m/R10"] > min(90.0, 3 * 10 * chance)             # R@10 chance is 10/N
