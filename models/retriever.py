@@ -279,15 +279,17 @@ def bmm_loss(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, in_
         scalar: Σ_i or mean_i of −log softmax(logits_i)[positive]. The logits are [q_i·k_j]_j (in-batch) ++
         [q_i·queue]; without in-batch negatives they are [q_i·k_i] ++ [q_i·queue].
     """
-    if in_batch_negatives:
-        logits = q @ k.t()
-        target = torch.arange(q.shape[0], device=q.device)
-    else:
-        logits = (q * k).sum(-1, keepdim=True)
-        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    if queue is not None and queue.shape[0] > 0:
-        logits = torch.cat([logits, q @ queue.t()], dim=1)
-    return F.cross_entropy(logits / temperature, target, reduction=reduction)
+    with torch.autocast(device_type=q.device.type, enabled=False):   # logits / 0.07 need float32 under bf16
+        q, k = q.float(), k.float()
+        if in_batch_negatives:
+            logits = q @ k.t()
+            target = torch.arange(q.shape[0], device=q.device)
+        else:
+            logits = (q * k).sum(-1, keepdim=True)
+            target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        if queue is not None and queue.shape[0] > 0:
+            logits = torch.cat([logits, q @ queue.float().t()], dim=1)
+        return F.cross_entropy(logits / temperature, target, reduction=reduction)
 
 
 def _gather_keys(x: Tensor) -> Tensor:
