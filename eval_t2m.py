@@ -118,8 +118,8 @@ def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     def ground_truth(batch):
         return eval_set.denormalize(batch["motion"]), batch["length"]
 
-    report = evaluate_t2m(ground_truth, eval_set, evaluator, _deterministic(cfg.eval),
-                          label="ground truth (as generation)")
+    ecfg = dataclasses.replace(_deterministic(cfg.eval), mask_beyond_length=True)   # exactly the GT path
+    report = evaluate_t2m(ground_truth, eval_set, evaluator, ecfg, label="ground truth (as generation)")
     report["requested_config"] = asdict(cfg.eval)
     write_report(report, out_dir, stage="gt", checkpoints={}, run_config=_plain(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))

@@ -118,8 +118,11 @@ class _Embedder:
     def text(self, batch: dict) -> np.ndarray:
         return self.evaluator.encode_text(batch["word_embs"], batch["pos_ohot"], batch["sent_len"]).cpu().numpy()
 
-    def motion_raw(self, motion, lengths) -> np.ndarray:
-        """Raw features (B, T, D) and lengths (B,) -> evaluator embeddings (B, D_emb)."""
+    def motion_raw(self, motion, lengths, mask: bool | None = None) -> np.ndarray:
+        """Raw features (B, T, D) and lengths (B,) -> evaluator embeddings (B, D_emb).
+
+        With `mask` (default: cfg.mask_beyond_length) frames past the length are zeroed after re-normalisation.
+        """
         motion = _to_tensor(motion).detach().float().cpu()
         lengths = _to_tensor(lengths).detach().cpu().long()
         if motion.ndim != 3 or motion.shape[0] != lengths.shape[0]:
@@ -129,14 +132,16 @@ class _Embedder:
             raise EvaluationError(f"utils/evaluation.py: generated motion has {motion.shape[1]} frames but a length "
                                   f"of {int(lengths.max())} was requested")
         x = self.evaluator.normalize_for_evaluator(motion)
-        if self.cfg.mask_beyond_length:
+        if self.cfg.mask_beyond_length if mask is None else mask:
             keep = torch.arange(x.shape[1])[None, :] < lengths[:, None]
             x = x * keep[..., None]
         return self.evaluator.encode_motion(x, lengths).cpu().numpy()
 
     def gt(self, batch: dict) -> np.ndarray:
+        # the reference loader zero-pads in the evaluator's normalisation; our dataset pads with zeros in its own,
+        # so the padding is zeroed again after re-normalising (a no-op when the statistics agree)
         motion = self.eval_set.denormalize(_to_tensor(batch["motion"]))
-        return self.motion_raw(motion, batch["length"])
+        return self.motion_raw(motion, batch["length"], mask=True)
 
     def generated(self, batch: dict, multimodality: bool = False) -> np.ndarray:
         out = (self.generate_fn(batch, multimodality=multimodality) if self.pass_mm else self.generate_fn(batch))
