@@ -288,6 +288,10 @@ def _load_tokenizer(path: str | Path):
 class TextTower(nn.Module):
     """A Hugging Face text encoder (backbone), token pooling, and a projection head to `out_dim`.
 
+    `out_dim=0` keeps no head: forward returns the pooled backbone feature (B, backbone_dim). With a frozen
+    backbone that is a fixed, cached sentence feature, e.g. the mini configs' generator text condition
+    (`build_text_encoder("minilm", out_dim=0)` -> (B, 384)).
+
     forward(texts) = head(features(texts)): list[str] -> (B, out_dim), not normalised (the retriever normalises).
     `features(texts)` -> (B, backbone_dim) pooled backbone states (cached per caption while the backbone is frozen).
     """
@@ -301,7 +305,11 @@ class TextTower(nn.Module):
         self.backbone, self.tokenizer = backbone, tokenizer
         self.backbone_dim, self.out_dim, self.pooling, self.name = backbone_dim, out_dim, pooling, name
         self.max_tokens = max_tokens
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone_dim, out_dim))
+        if out_dim:
+            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone_dim, out_dim))
+        else:   # out_dim 0: no projection, the pooled backbone feature itself (e.g. a frozen generator condition)
+            self.head = nn.Identity()
+            self.out_dim = backbone_dim
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)

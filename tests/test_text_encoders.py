@@ -137,3 +137,12 @@ def test_minilm_tower_matches_sentence_transformers():
     ours = torch.nn.functional.normalize(tower.features(TEXTS), dim=-1)
     assert ours.shape == (3, 384)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_out_dim_zero_gives_the_frozen_pooled_feature():
+    torch.manual_seed(0)
+    enc = build_text_encoder("minilm", tiny=True, out_dim=0)
+    out = enc(TEXTS)
+    assert out.shape == (3, 32) and enc.out_dim == 32
+    torch.testing.assert_close(out, enc.features(TEXTS))
+    assert not any(p.requires_grad for p in enc.parameters())
