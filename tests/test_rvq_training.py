@@ -114,6 +114,7 @@ def test_mpjpe_of_a_10cm_root_lift(mini_root):
     res = meter.result()
     assert res["mpjpe_mm"] == pytest.approx(100.0 / 22, rel=1e-4)
     assert res["root_err_mm"] == pytest.approx(100.0, rel=1e-4)
+    assert res["mpjpe_local_mm"] == pytest.approx(100.0 * 21 / 22, rel=1e-4)   # 21 joints 0.1 m off the root
     assert res["feature_l1"] == pytest.approx(0.1 / 263, rel=1e-4)
     same = ReconstructionMeter("t2m")
     same.update(raw, raw, lengths, raw, raw)

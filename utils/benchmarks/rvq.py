@@ -76,7 +76,7 @@ def bench_speed(device: torch.device, train_batch: int = 8, train_steps: int = 3
             "token_map": list(idx.shape)}
 
 
-def bench_quality(data: str, out: Path, steps: int, device: str) -> list[dict]:
+def bench_quality(data: str, out: Path, steps: int, device: str, extra: list[str] = ()) -> list[dict]:
     """Train the mini config with and without the global branch; reconstruction metrics on the mini test split."""
     from datasets.motion_dataset import build_dataset, collate
     from utils.config import load_config, to_dict
@@ -88,24 +88,26 @@ def bench_quality(data: str, out: Path, steps: int, device: str) -> list[dict]:
     for global_branch in (False, True):
         name = f"global_{str(global_branch).lower()}"
         overrides = [f"data.root={data}", f"model.global_branch={str(global_branch).lower()}",
-                     f"train.max_steps={steps}", f"train.device={device}"]
+                     f"train.max_steps={steps}", f"train.device={device}", *extra]
         cfg = load_config(RVQStageConfig, "configs/mini/rvq.yaml", overrides)
         seed_everything(cfg.train.seed)
         train_set = build_dataset(cfg.data, "train", "window")
         val_set = build_dataset(cfg.data, "val", "window")
         task = RVQTask(cfg, train_set.mean, train_set.std)
-        run = RunDir("rvq", name, out, overwrite=True)
+        run = RunDir("rvq", name, out / "runs", overwrite=True)
         t0 = time.perf_counter()
         Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
         train_s = time.perf_counter() - t0
         report = evaluate_reconstruction(run.final_checkpoint, cfg.data, split="test", device=device)
-        render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png", split="test")
+        png = out / f"recon_{name}.png"
+        render_val_example(run.final_checkpoint, cfg.data, png, split="test")
         row = {"global_branch": global_branch, "steps": steps, "train_s": train_s,
                "columns": task.model.num_columns, **{k: v for k, v in report.items() if not k.startswith("usage/")},
                "used_min_joint": report.get("usage/joint/used_min"), "used_min_global": report.get(
-                   "usage/global/used_min"), "png": str(run.path / "recon.png")}
+                   "usage/global/used_min"), "png": str(png), "overrides": list(extra)}
         rows.append(row)
-        print(f"  mini, global_branch={global_branch}: MPJPE {row['mpjpe_mm']:.1f} mm, root {row['root_err_mm']:.1f} "
+        print(f"  mini, global_branch={global_branch}: MPJPE {row['mpjpe_mm']:.1f} mm (root-relative "
+              f"{row['mpjpe_local_mm']:.1f} mm), root {row['root_err_mm']:.1f} "
               f"mm, feature L1 {row['feature_l1']:.4f} ({train_s:.0f} s training)", flush=True)
     return rows
 
@@ -120,7 +122,9 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--data", default="data/mini", help="mini dataset folder (python -m datasets.mini --out ...)")
     p.add_argument("--steps", type=int, default=0, help="training steps per mini model (0 = the mini config's)")
-    p.add_argument("--out", default="runs/bench_rvq", help="runs root of the quality part and the JSON")
+    p.add_argument("--out", default="runs/bench_rvq", help="folder of the JSON, the PNGs and the quality runs (runs/)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides of the quality part, e.g. model.mu=0.9")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,14 +149,15 @@ def main(argv=None) -> dict:
             from utils.config import load_config
             from utils.tasks.rvq import RVQStageConfig
             steps = load_config(RVQStageConfig, "configs/mini/rvq.yaml").train.max_steps
-        rows = bench_quality(args.data, Path(args.out), steps, args.device)
+        rows = bench_quality(args.data, Path(args.out), steps, args.device, args.set)
         result["quality_mini"] = rows
-        print("\n| mini test split | token map | MPJPE (mm) | root error (mm) | feature L1 | min used fraction "
-              "(joint / global) |")
-        print("|---|---|---|---|---|---|")
+        print("\n| mini test split | token map | MPJPE (mm) | root-relative MPJPE (mm) | root error (mm) | feature L1 "
+              "| min used fraction (joint / global) |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             g = f" / {r['used_min_global']:.2f}" if r["used_min_global"] is not None else ""
             print(f"| global_branch={r['global_branch']} | T'×{r['columns']} | {r['mpjpe_mm']:.1f} | "
+                  f"{r['mpjpe_local_mm']:.1f} | "
                   f"{r['root_err_mm']:.1f} | {r['feature_l1']:.4f} | {r['used_min_joint']:.2f}{g} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
