@@ -201,3 +201,25 @@ def test_fingerprint_changes_with_weights_not_with_queues():
     with torch.no_grad():
         r.motion_encoder.head[1].bias.add_(1e-3)
     assert r.weights_fingerprint() != fp
+
+
+def test_train_retriever_script_builds_database_and_rebuilds_with_build_db(mini_root, tmp_path, capsys):
+    import train_retriever
+
+    tiny = [f"data.root={mini_root}", "model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16",
+            "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16", "model.frame_pool=1",
+            "train.batch_size=8", "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2",
+            "retriever.database_batch_size=16"]
+    assert train_retriever.main(["--config", "configs/mini/retriever.yaml", "--runs-root", str(tmp_path),
+                                 "--name", "s", *tiny]) == 0
+    ckpt = tmp_path / "retriever" / "s" / "checkpoints" / "best.pt"
+    db_path = default_database_path(ckpt)
+    first = RetrievalDatabase.load(db_path, dataset="t2m")
+    db_path.unlink()
+    assert train_retriever.main(["--build-db", str(ckpt), "--config", "configs/mini/retriever.yaml", *tiny]) == 0
+    again = RetrievalDatabase.load(db_path, dataset="t2m", fingerprint=first.meta.retriever_fingerprint)
+    assert again.motion_ids == first.motion_ids
+    torch.testing.assert_close(again.motion_feats, first.motion_feats)
+    with pytest.raises(SystemExit):
+        train_retriever.main(["--help"])
+    assert "--build-db CKPT" in capsys.readouterr().out
