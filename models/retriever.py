@@ -16,7 +16,9 @@ KIT widths: 7/62/62/48/48/48 (joint 3 is in three parts).
 Each part has its own transformer: Linear(part dims -> 512), a learnable summary token, sinusoidal positions,
 4 layers, 4 heads, a key-padding mask. The six summary outputs are concatenated (6·512) and projected to 512
 (dropout 0.5, paper.md §7), then L2-normalised. `part_level=False` is the whole-body variant ("global retrieval"
-ablation, paper §2.2, Table 4): one transformer over all D dims.
+ablation, paper §2.2, Table 4): one transformer over all D dims. Two knobs exist only for small CPU runs:
+`part_width` (the part transformers' width; paper 512) and `frame_pool` (average n frames per token; paper 1).
+With the paper config and DistilBERT the model has 237.9M parameters, online plus momentum (paper Table 3: 238M).
 
 BMM (paper Eqs. 1-7, Alg. 1). f_m, f_t are online; f̂_m, f̂_t are momentum copies updated by EMA with m = 0.99.
 Two queues of 65,536 momentum keys each (text keys Q_t: the negatives of motion→text; motion keys Q_m: the
