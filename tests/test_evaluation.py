@@ -13,6 +13,16 @@ SMALL = dict(dim_word=12, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=
              dim_movement_enc_hidden=9, dim_movement_latent=7)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread on the shared CPU (no OpenMP contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 class FakeEvalSet(torch.utils.data.Dataset):
     """Items shaped like datasets.motion_dataset "eval" items; text features are a function of the motion so the
     evaluator can (weakly) match them. Normalised with mean 1 / std 2."""
@@ -222,3 +232,43 @@ def test_eval_t2m_glove_folder_missing_a_file(mini_root, tmp_path, capsys):
     rc = eval_t2m.main(["--stage", "gt", "--runs-root", str(tmp_path), f"data.root={mini_root}",
                         f"data.glove_dir={glove}", f"evaluator.path={path}", "device=cpu"])
     assert rc == 1 and "missing our_vab_idx.pkl" in capsys.readouterr().err
+
+
+def test_eval_t2m_rvq_stage_scores_reconstructions(mini_root, tmp_path):
+    import eval_t2m
+    import train_rvq
+    from tests.test_rvq_training import tiny_stage_overrides
+
+    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(tmp_path), "--name", "r",
+                    *tiny_stage_overrides(mini_root, **{"train.max_steps": 2, "val.render": "false"})])
+    ckpt = tmp_path / "rvq/r/checkpoints/best.pt"
+    path = _official_tiny_evaluator(tmp_path)
+    rc = eval_t2m.main(["--stage", "rvq", "--runs-root", str(tmp_path / "runs"), "--name", "t",
+                        f"data.root={mini_root}", f"evaluator.path={path}", f"checkpoints.rvq={ckpt}",
+                        "eval.batch_size=4", "eval.diversity_times=4", "eval.replications=2", "device=cpu"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "runs/eval/t/rvq/eval.json").read_text())
+    gen = rep["metrics"]["rvq reconstruction"]
+    assert gen["FID"]["mean"] > 0 and rep["checkpoints"] == {"rvq": str(ckpt)}
+    assert "mpjpe_mm" in rep["extra_metrics"]
+    assert "mpjpe_mm" in (tmp_path / "runs/eval/t/rvq/eval.md").read_text()
+
+
+def test_eval_t2m_retriever_stage_writes_protocol_table(mini_root, tmp_path):
+    import eval_t2m
+    import train_retriever
+
+    tiny = [f"data.root={mini_root}", "model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16",
+            "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16", "model.frame_pool=1",
+            "train.batch_size=8", "train.max_steps=1", "train.val_every=1", "train.ckpt_every=1",
+            "retriever.database_batch_size=16"]
+    assert train_retriever.main(["--config", "configs/mini/retriever.yaml", "--runs-root", str(tmp_path),
+                                 "--name", "s", *tiny]) == 0
+    ckpt = tmp_path / "retriever/s/checkpoints/best.pt"
+    rc = eval_t2m.main(["--stage", "retriever", "--runs-root", str(tmp_path / "runs"), "--name", "t",
+                        f"data.root={mini_root}", f"checkpoints.retriever={ckpt}", "retrieval_protocols=[normal]",
+                        "device=cpu"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "runs/eval/t/retriever/eval.json").read_text())
+    assert set(rep["results"]) == {"normal"} and 0 <= rep["results"]["normal"]["t2m/R01"] <= 100
+    assert "t2m/R01" in (tmp_path / "runs/eval/t/retriever/eval.md").read_text()
