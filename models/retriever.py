@@ -558,12 +558,15 @@ class RetrievalDatabase:
         self.captions = list(captions)
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
         self.meta = meta
-        # motion id -> integer code (dedup), canonical id -> code (exclusion incl. mirrors)
+        # motion id -> integer code (dedup); id / canonical id -> its rows (exclusion, incl. mirrors)
         self._id_code = {m: i for i, m in enumerate(dict.fromkeys(self.motion_ids))}
         self.row_code = torch.tensor([self._id_code[m] for m in self.motion_ids], dtype=torch.long)
         canon = [_canonical_id(m) for m in self.motion_ids]
-        self._canon_code = {m: i for i, m in enumerate(dict.fromkeys(canon))}
-        self.row_canon = torch.tensor([self._canon_code[m] for m in canon], dtype=torch.long)
+        self._rows_id: dict[str, list[int]] = {}
+        self._rows_canon: dict[str, list[int]] = {}
+        for i, (m, c) in enumerate(zip(self.motion_ids, canon)):
+            self._rows_id.setdefault(m, []).append(i)
+            self._rows_canon.setdefault(c, []).append(i)
         self.num_motions = len(self._id_code)
         self.max_rows_per_motion = int(torch.bincount(self.row_code).max())
 
@@ -572,7 +575,7 @@ class RetrievalDatabase:
 
     def to(self, device: str | torch.device) -> "RetrievalDatabase":
         self.text_feats, self.motion_feats = self.text_feats.to(device), self.motion_feats.to(device)
-        self.row_code, self.row_canon = self.row_code.to(device), self.row_canon.to(device)
+        self.row_code = self.row_code.to(device)
         return self
 
     # ---- compatibility ------------------------------------------------------------------------------------------
@@ -619,11 +622,16 @@ class RetrievalDatabase:
         q = F.normalize(text_emb.detach().to(device=device, dtype=self.motion_feats.dtype), dim=-1)
         scores = q @ self.motion_feats.t()                                               # (B, N)
         if exclude_ids is not None:
-            codes = self.row_canon if exclude_mirrors else self.row_code
-            table = self._canon_code if exclude_mirrors else self._id_code
-            ex = torch.tensor([table.get(_canonical_id(e) if exclude_mirrors else e, -1) if e is not None else -1
-                               for e in exclude_ids], device=device)
-            scores = scores.masked_fill(codes[None, :] == ex[:, None], float("-inf"))
+            rows = self._rows_canon if exclude_mirrors else self._rows_id
+            q_idx, r_idx = [], []
+            for b, e in enumerate(exclude_ids):
+                key = None if e is None else (_canonical_id(e) if exclude_mirrors else e)
+                for r in rows.get(key, ()):
+                    q_idx.append(b)
+                    r_idx.append(r)
+            if r_idx:   # only the excluded rows are touched: O(excluded), not O(B·N)
+                scores = scores.index_put((torch.tensor(q_idx, device=device), torch.tensor(r_idx, device=device)),
+                                          torch.tensor(float("-inf"), device=device, dtype=scores.dtype))
         # enough candidates to hold k distinct motions even if every better row repeats a motion
         pool = min(len(self), (k - 1) * self.max_rows_per_motion + 1)
         cand_scores, cand_idx = scores.topk(pool, dim=1)                                  # (B, pool), descending
