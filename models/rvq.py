@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.quantizer import QuantizerStats, ResidualVQ
+from models.quantizer import ResidualVQ
 
 # Dataset geometry (reference.md §1.3, §2.1): feature width D and joint count J.
 DATASET_DIMS = {"t2m": (263, 22), "kit": (251, 21)}
@@ -379,8 +379,8 @@ class RVQVAE2D(nn.Module):
         recon, _ = self._decode_latents(zq, zgq, b)
         return recon
 
-    def codebook_state(self) -> dict[str, QuantizerStats | float]:
-        """Fraction of live codes per level for each quantizer (from the EMA counts), for reports."""
+    def codebook_state(self) -> dict[str, Tensor]:
+        """Fraction of live codes per level (Q,) for each quantizer ("joint", "global"), from the EMA counts."""
         out = {}
         for name, q in self.quantizers().items():
             live = torch.stack([(l.code_count >= l.reset_threshold).float().mean() for l in q.layers])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -207,12 +207,6 @@ class RVQTask(TrainTask):
             self.mean = torch.as_tensor(d["mean"]).float()
             self.std = torch.as_tensor(d["std"]).float()
 
-    # TrainTask defaults for the rest (param_groups None, after_optimizer_step no-op)
-    def param_groups(self):
-        return None
-
-    def after_optimizer_step(self, step: int) -> None:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,10 +263,8 @@ def evaluate_reconstruction(ckpt_path: str | Path, data_cfg: DataConfig, split: 
         raise ValueError(f"utils/tasks/rvq.py: data_cfg.dataset is {data_cfg.dataset!r} but the tokenizer "
                          f"{ckpt_path} was trained on {dataset!r}")
     ds = build_dataset(data_cfg, split, "text")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                                         generator=gen, num_workers=0)
+    torch.manual_seed(seed)                      # the items' random crops come from torch's global RNG
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
     ds_mean = torch.as_tensor(np.asarray(ds.mean, np.float32))
     ds_std = torch.as_tensor(np.asarray(ds.std, np.float32))
     meter = ReconstructionMeter(dataset)
