@@ -209,11 +209,15 @@ def _type_name(tp: Any) -> str:
     return name if name and not getattr(tp, "__args__", None) else str(tp).replace("typing.", "")
 
 
-def describe_schema(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, comment) of every leaf field of a nested config dataclass."""
+def describe_schema(schema: type, prefix: str = "", values: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, value, comment) of every leaf field of a nested config dataclass.
+
+    `values` (a `to_dict` of a loaded config) gives the values to show; by default the schema's own defaults,
+    including the `default_factory` values a stage config sets for its sub-configs.
+    """
     rows: list[tuple[str, str, str, str]] = []
     comments = _field_comments(schema)
-    defaults = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+    defaults = values if values is not None else OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
     try:
         hints = typing.get_type_hints(schema)
     except Exception:  # unresolvable annotation: fall back to the raw annotation text
@@ -222,19 +226,25 @@ def describe_schema(schema: type, prefix: str = "") -> list[tuple[str, str, str,
         key = f"{prefix}{f.name}"
         tp = hints.get(f.name, f.type)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            rows += describe_schema(tp, key + ".")
+            rows += describe_schema(tp, key + ".", defaults.get(f.name) or {})
             continue
         rows.append((key, _type_name(tp), repr(defaults.get(f.name)), comments.get(f.name, "")))
     return rows
 
 
-def _help_epilog(schema: type, default_config: str) -> str:
-    rows = describe_schema(schema)
+def _help_epilog(schema: type, default_config: str, config_path: str | None = None) -> str:
+    """The key table of --help, with the values of `config_path` (the --config given, else the default file)."""
+    path = config_path or default_config
+    try:
+        values, shown = to_dict(load_config(schema, path)), path
+    except ConfigError:
+        values, shown = None, None
+    rows = describe_schema(schema, values=values)
     width = max((len(k) for k, *_ in rows), default=10)
     tw = max((len(t) for _, t, *_ in rows), default=5)
     lines = [f"config file: {default_config} (YAML; override with --config)",
              "overrides: positional KEY=VALUE, values parsed as YAML, e.g. train.lr=1e-4 train.milestones=[1000,2000]",
-             "", f"keys ({schema.__name__}; default shown, the YAML file may change it):"]
+             "", f"keys ({schema.__name__}; " + (f"values of {shown}" if shown else "dataclass defaults") + "):"]
     for key, tp, default, comment in rows:
         line = f"  {key:<{width}}  {tp:<{tw}}  = {default}"
         lines.append(f"{line}  # {comment}" if comment else line)
@@ -255,9 +265,12 @@ def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
     """
     _check_schema(schema)
     default_config = f"configs/mini/{stage}.yaml"
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    chosen = pre.parse_known_args(argv)[0].config
     parser = argparse.ArgumentParser(
         description=description or f"Train / run the {stage} stage.",
-        epilog=_help_epilog(schema, default_config),
+        epilog=_help_epilog(schema, default_config, chosen),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, metavar="PATH",
                         help=f"stage YAML file (default: {default_config})")

@@ -200,6 +200,8 @@ class TrainTask:
         ema: optional module whose state is checkpointed with the model (the task updates it in after_optimizer_step)
         best_metric / best_mode: the validation key that selects best.pt, and "min" or "max"
         find_unused_parameters: passed to DDP (set True when some parameters get no gradient in a step)
+        broadcast_buffers: passed to DDP; False when the task keeps its buffers identical on every rank itself
+            (the retriever's queues are all-gathered, so re-broadcasting 2 × 65,536 × 512 floats per step is waste)
         device: set by the Trainer before training
     """
     stage: str = ""
@@ -208,6 +210,7 @@ class TrainTask:
     best_metric: str = "val/loss"
     best_mode: str = "min"
     find_unused_parameters: bool = False
+    broadcast_buffers: bool = True
     device: torch.device = torch.device("cpu")
 
     def training_step(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
@@ -336,7 +339,8 @@ class Trainer:
         if self.dist.enabled:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.cuda else None,
-                find_unused_parameters=task.find_unused_parameters)
+                find_unused_parameters=task.find_unused_parameters,
+                broadcast_buffers=task.broadcast_buffers)
         if cfg.compile and self.cuda:
             model = torch.compile(model)
         self.train_model = model

@@ -120,6 +120,7 @@ class RetrieverTask(TrainTask):
     """BMM training of the part-level retriever (utils.training.TrainTask)."""
     stage = "retriever"
     best_metric = "val/R01_sum"
+    broadcast_buffers = False   # the queues are kept identical on every rank by all-gathering the keys
     best_mode = "max"
 
     def __init__(self, cfg: RetrieverStageConfig, val_set: MotionTextDataset | None = None):
