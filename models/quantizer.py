@@ -224,8 +224,8 @@ class ResidualVQ(nn.Module):
         quantized = torch.zeros_like(flat)
         indices = torch.full((n * t, self.num_quantizers), -1, dtype=torch.long, device=x.device)
         commit = x.new_zeros(())
-        perplexity = torch.zeros(self.num_quantizers)
-        used = torch.zeros(self.num_quantizers)
+        perplexity = torch.zeros(self.num_quantizers, device=x.device)
+        used = torch.zeros(self.num_quantizers, device=x.device)
         active_mask = torch.zeros(self.num_quantizers)
         for level, book in enumerate(self.layers):
             if level >= active:
@@ -233,9 +233,9 @@ class ResidualVQ(nn.Module):
             if self.training and not bool(book.initted):
                 book.init_from(residual)
             idx = book.select(residual)
+            y = book.lookup(idx)                                    # the code chosen, before this step's update
             if self.training:
                 book.ema_update(residual, idx)
-            y = book.lookup(idx)
             # Commitment of the encoder: the residual (a function of x, gradient through the base term x)
             # towards the chosen code. r_l = x − Σ_{m<l} sg(y_m), so its gradient w.r.t. x is the identity.
             r_with_grad = flat - (flat.detach() - residual)
@@ -245,11 +245,12 @@ class ResidualVQ(nn.Module):
             indices[:, level] = idx
             counts = torch.bincount(idx, minlength=book.nb_code).float()
             probs = counts / counts.sum()
-            perplexity[level] = torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).cpu()
-            used[level] = (counts > 0).float().mean().cpu()
+            perplexity[level] = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+            used[level] = (counts > 0).float().mean()
             active_mask[level] = 1.0
         commit = commit / active
-        live = torch.stack([(b.code_count >= b.reset_threshold).float().mean().cpu() for b in self.layers])
+        live = torch.stack([(b.code_count >= b.reset_threshold).float().mean() for b in self.layers])
+        perplexity, used, live = torch.stack([perplexity, used, live]).cpu()   # one device sync for the stats
         out = quantized + (flat - flat.detach())          # value Σ y_l exactly; d out / d x = identity
         stats = QuantizerStats(perplexity=perplexity, used=used, live=live, active=active_mask)
         return out.reshape(n, t, d), indices.reshape(n, t, self.num_quantizers), commit, stats
