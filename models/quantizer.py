@@ -192,11 +192,20 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"models/quantizer.py: ResidualVQ input 'x' must have shape (N, T, {self.code_dim}), "
                              f"got {tuple(x.shape)}")
 
-    def num_active_levels(self) -> int:
-        """Levels to use for this batch: Q, or (training, with probability p) a uniform draw in 1..Q."""
-        if self.training and self.quantize_dropout > 0 and torch.rand(()) < self.quantize_dropout:
-            return int(torch.randint(1, self.num_quantizers + 1, ()))
-        return self.num_quantizers
+    def num_active_levels(self, device: torch.device | str = "cpu") -> int:
+        """Levels to use for this batch: Q, or (training, with probability p) a uniform draw in 1..Q.
+
+        Under DDP rank 0's draw is broadcast, so every rank runs the same levels (and the same EMA collectives).
+        """
+        if not (self.training and self.quantize_dropout > 0):
+            return self.num_quantizers
+        drop = bool(torch.rand(()) < self.quantize_dropout)
+        levels = int(torch.randint(1, self.num_quantizers + 1, ())) if drop else self.num_quantizers
+        if _distributed():
+            shared = torch.tensor([levels], dtype=torch.long, device=device)
+            torch.distributed.broadcast(shared, src=0)
+            levels = int(shared.item())
+        return levels
 
     def forward(self, x: Tensor, num_levels: int | None = None):
         """Quantize x (N, T, d).
@@ -215,7 +224,7 @@ class ResidualVQ(nn.Module):
 
     def _forward(self, x: Tensor, num_levels: int | None):
         n, t, d = x.shape
-        active = self.num_active_levels() if num_levels is None else int(num_levels)
+        active = self.num_active_levels(x.device) if num_levels is None else int(num_levels)
         if not 1 <= active <= self.num_quantizers:
             raise ValueError(f"models/quantizer.py: argument 'num_levels' must be in 1..{self.num_quantizers}, "
                              f"got {num_levels}")

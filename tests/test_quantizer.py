@@ -223,3 +223,32 @@ def test_bad_indices_are_refused():
     with pytest.raises(ValueError, match="'mu'"):
         Codebook(4, 4, mu=1.5)
     assert math.isfinite(float(rvq.layers[0].codebook.sum()))
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.manual_seed(0)                                 # same initial buffers (DDP would broadcast them)
+        rvq = ResidualVQ(4, 8, 3, quantize_dropout=0.5).train()
+        torch.manual_seed(100 + rank)                         # rank-specific data and dropout draws
+        levels = []
+        for _ in range(6):
+            _, idx, _, _ = rvq(torch.randn(2, 5, 3) + rank)
+            levels.append(int((idx[0, 0] >= 0).sum()))
+        torch.save({"state": rvq.state_dict(), "levels": levels}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_codebooks_stay_identical_across_ddp_ranks(tmp_path):
+    """Under torchrun the EMA statistics are all-reduced, resets and the quantize-dropout draw come from rank 0."""
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert a["levels"] == b["levels"] and len(set(a["levels"])) > 1     # dropout happened, on both ranks alike
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key

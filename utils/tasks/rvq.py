@@ -146,6 +146,7 @@ class RVQTask(TrainTask):
     stage = "rvq"
     best_metric = "val/mpjpe_mm"       # task: best checkpoint by val MPJPE
     best_mode = "min"
+    broadcast_buffers = False          # the quantizers keep their codebooks identical on every rank themselves
 
     def __init__(self, cfg: RVQStageConfig, mean: np.ndarray, std: np.ndarray):
         self.cfg = cfg
