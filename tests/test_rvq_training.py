@@ -246,3 +246,18 @@ def test_tiny_model_overfits_a_handful_of_mini_motions(mini_root, global_branch)
         for level in range(6):
             used = torch.unique(idx[:, :, list(col_range), level]).numel()
             assert used >= 2, f"level {level} uses {used} of {size} codes"
+
+
+def test_resume_continues_codebooks_and_ema_bit_for_bit(mini_root, tmp_path):
+    """The EMA sums and counts are in the checkpoint (reference.md §9.13 forgets them): 2 + 2 steps == 4 steps."""
+    import train_rvq
+    flags = ["--config", str(REPO / "configs/mini/rvq.yaml"), "--runs-root", str(tmp_path)]
+    over = tiny_stage_overrides(mini_root, **{"val.render": "false", "train.val_every": 0, "train.ckpt_every": 0})
+    train_rvq.main(flags + ["--name", "straight"] + over + ["train.max_steps=4"])
+    train_rvq.main(flags + ["--name", "split"] + over + ["train.max_steps=2"])
+    train_rvq.main(flags + ["--name", "split", "--resume"] + over + ["train.max_steps=4"])
+    a = torch.load(tmp_path / "rvq/straight/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "rvq/split/checkpoints/last.pt", weights_only=True)["model"]
+    assert "quantizer.layers.0.code_sum" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
