@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 $(MINI)/train.txt: $(STAMP)
-	$(PY) -m datasets.mini --out $(MINI)
+	$(PY) -m datasets.mini --out $(MINI) --workers 2
 
 demo: $(STAMP) $(MINI)/train.txt
 	$(PY) -m utils.demo --data $(MINI)
