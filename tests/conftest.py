@@ -3,12 +3,16 @@
 - `mini_root`: a small procedural mini dataset (48 motions, seed 0) in the HumanML3D layout, written once per
   test session into a temporary folder (about 2 s). Treat it as read-only.
 - `real_motion_dir`: the real mocap fixture clips `<repo>/../shared/data/real_motion` (skips when absent).
+- `one_thread`: torch on one thread for a whole test module, restored afterwards. Tiny models run many times faster
+  on one thread than on several contended ones (shared CPU, no OpenMP contention). Use it with
+  `pytestmark = pytest.mark.usefixtures("one_thread")`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MINI_NUM_MOTIONS = 48
@@ -32,3 +36,12 @@ def real_motion_dir() -> Path:
     if not (path / "joints").is_dir():
         pytest.skip(f"real motion fixtures not found at {path} (expected <repo>/../shared/data/real_motion)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch.set_num_threads(1) for the module using it; the previous thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

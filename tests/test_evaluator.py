@@ -9,14 +9,7 @@ SMALL = dict(dim_word=12, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=
              dim_movement_enc_hidden=9, dim_movement_latent=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread on the shared CPU (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def save_official(root, dataset="t2m", seed=0, meta_sub="Comp_v6_KLD005/meta", **widths):

@@ -9,13 +9,7 @@ import torch
 from models.quantizer import Codebook, ResidualVQ
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run ~20x faster on one thread on the shared CPU (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def set_codebook(book: Codebook, codes) -> None:

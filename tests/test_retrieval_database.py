@@ -10,12 +10,7 @@ from models.retriever import (BMMRetriever, DatabaseMeta, RetrievalDatabase, Ret
                               default_database_path)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def meta(**kw) -> DatabaseMeta:

@@ -7,17 +7,10 @@ import math
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~50x faster on one thread than on two contended ones (shared CPU); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from models.retriever import (BMMRetriever, PartMotionEncoder, RetrieverConfig, RetrieverError, bmm_loss,
                               part_feature_indices)
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def tiny_cfg(**kw) -> RetrieverConfig:

@@ -10,13 +10,7 @@ from models.rvq import (RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D, 
 DIMS = {"t2m": (263, 22), "kit": (251, 21)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run ~20x faster on one thread on the shared CPU (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def tiny_cfg(dataset="t2m", global_branch=False, **kw) -> RVQConfig:

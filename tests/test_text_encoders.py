@@ -4,17 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~50x faster on one thread than on two contended ones (shared CPU); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from models.text_encoders import (CLIP_TEXT_PREFIXES, CLIPTextConfig, CLIPTextEncoder, DistilBERTTower, MiniLMTower,
                                   TextEncoderError, build_text_encoder)
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 TEXTS = ["a person walks forward and turns around", "someone jumps up high", "a man waves with his left hand"]
 
