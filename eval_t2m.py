@@ -180,12 +180,13 @@ def _dataset_note(cfg: EvalStageConfig) -> str:
 
 def _write_plain(out_dir: Path, stage: str, result: dict, checkpoints: dict, cfg: EvalStageConfig) -> None:
     """eval.json / eval.md for results that are tables of numbers (retrieval protocols: {protocol: {key: value}})."""
-    from utils.evaluation import _atomic_write, git_commit
+    from utils.atomic import atomic_write_text
+    from utils.evaluation import git_commit
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"stage": stage, "results": result, "checkpoints": checkpoints, "commit": git_commit(),
               "run_config": _plain(cfg), "split": cfg.split, "dataset_note": _dataset_note(cfg)}
-    _atomic_write(out_dir / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
     lines = [f"# Evaluation: {stage}", ""]
     if report["dataset_note"]:
         lines += [f"**{report['dataset_note']}**", ""]
@@ -201,7 +202,7 @@ def _write_plain(out_dir: Path, stage: str, result: dict, checkpoints: dict, cfg
         lines.append(f"- {k}: {v}")
     lines += ["", "## Provenance", "", f"- commit: `{report['commit']}`"]
     lines += [f"- {k}: `{v}`" for k, v in checkpoints.items()]
-    _atomic_write(out_dir / "eval.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

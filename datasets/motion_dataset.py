@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -64,6 +63,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -512,23 +513,13 @@ def _write_cache(path: Path, signature: str, ids, data, offsets, texts, skipped)
     t_off = np.zeros(len(encoded) + 1, dtype=np.int64)
     t_off[1:] = np.cumsum([len(b) for b in encoded])
     blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, signature=np.array(signature), ids=np.array(ids, dtype=str), data=data, offsets=offsets,
                      text_blob=blob, text_offsets=t_off, skipped=np.array(json.dumps(skipped)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         log.warning("could not write the dataset cache %s (%s); loading will read every file again next time",
                     path, e)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from utils.atomic import atomic_write_bytes
 
 # reference.md §3.4: the 15 POS categories of the evaluator, in one-hot order.
 POS_ENUMERATOR: dict[str, int] = {
@@ -184,18 +185,6 @@ def caption_to_evaluator_input(tokens: Sequence[str], vectorizer: WordVectorizer
     return (np.stack(embs).astype(np.float32), np.stack(pos).astype(np.float32), sent_len)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_glove_folder(out_dir: str | os.PathLike, words: Sequence[str], vectors: np.ndarray,
                        prefix: str = "our_vab") -> Path:
     """Write a vocabulary in the evaluator's format (``<prefix>_data.npy``, ``_words.pkl``, ``_idx.pkl``).
@@ -220,7 +209,7 @@ def write_glove_folder(out_dir: str | os.PathLike, words: Sequence[str], vectors
     data_p, words_p, idx_p = _glove_paths(out, prefix)
     buf = io.BytesIO()
     np.save(buf, vectors, allow_pickle=False)
-    _atomic_write_bytes(data_p, buf.getvalue())
-    _atomic_write_bytes(words_p, pickle.dumps(words, protocol=4))
-    _atomic_write_bytes(idx_p, pickle.dumps({w: i for i, w in enumerate(words)}, protocol=4))
+    atomic_write_bytes(data_p, buf.getvalue())
+    atomic_write_bytes(words_p, pickle.dumps(words, protocol=4))
+    atomic_write_bytes(idx_p, pickle.dumps({w: i for i, w in enumerate(words)}, protocol=4))
     return out

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from utils.atomic import atomic_write_text
+
 # Feature widths per dataset (reference §3.1 dim_pose).
 DIM_POSE = {"t2m": 263, "kit": 251}
 DATASET_NAMES = {"t2m": "HumanML3D", "kit": "KIT-ML"}
@@ -295,10 +297,7 @@ def write_opt_txt(path: str | os.PathLike, opts: dict[str, Any]) -> None:
     """Write options in the T2M `opt.txt` format (atomic)."""
     lines = ["------------ Options -------------"] + [f"{k}: {v}" for k, v in opts.items()]
     lines.append("-------------- End ----------------")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def find_meta_dir(ckpt_path: str | os.PathLike) -> Path:

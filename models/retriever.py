@@ -53,7 +53,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -64,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.text_encoders import TextTower, build_text_encoder, check_texts, momentum_copy
+from utils.atomic import atomic_open
 
 _MOD = "models/retriever.py"
 DATABASE_FORMAT_VERSION = 1
@@ -712,21 +712,12 @@ class RetrievalDatabase:
 
     def save(self, path: str | os.PathLike) -> None:
         """One file, written atomically (temp file + os.replace); loadable with torch.load(weights_only=True)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         obj = {"format_version": DATABASE_FORMAT_VERSION, "kind": "retrieval_database", "meta": asdict(self.meta),
                "text_feats": self.text_feats.cpu(), "motion_feats": self.motion_feats.cpu(),
                "motion_ids": self.motion_ids, "keys": self.keys, "captions": self.captions,
                "lengths": self.lengths.cpu()}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike, dataset: str | None = None, fingerprint: str | None = None,

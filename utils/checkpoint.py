@@ -15,12 +15,13 @@ mid-write leaves the previous file intact and no temp file behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from utils.atomic import atomic_open
 
 FORMAT_VERSION = 1
 
@@ -52,7 +53,7 @@ def _check_plain(obj: Any, where: str) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, model: dict, **extra: Any) -> None:
-    """Write a checkpoint atomically (temp file in the same folder + fsync + os.replace).
+    """Write a checkpoint atomically (`utils.atomic`: temp file in the same folder + fsync + os.replace).
 
     Args:
         path: target file; its folder is created if needed
@@ -64,33 +65,8 @@ def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, model:
     path = Path(path)
     payload = {"format_version": FORMAT_VERSION, "stage": stage, "config": config, "model": model, **extra}
     _check_plain(payload, "checkpoint")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike, *, stage: str | None = None, map_location: Any = "cpu") -> dict:

@@ -17,7 +17,6 @@ import inspect
 import io
 import os
 import re
-import tempfile
 import tokenize
 import typing
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from utils.atomic import atomic_write_text
 
 T = TypeVar("T")
 
@@ -161,20 +162,7 @@ def from_dict(schema: type[T], d: dict, source: str = "config dict") -> T:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from utils import metrics
+from utils.atomic import atomic_write_text
 
 GenerateFn = Callable[..., tuple[Any, Any]]
 
@@ -330,12 +331,6 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, run_dir: str | os.PathLike, **provenance) -> tuple[Path, Path]:
     """Write `eval.json` and `eval.md` into run_dir (atomic). `provenance` (e.g. checkpoints={...},
     run_config={...}, stage="rvq") is merged into the report; the commit hash is added when missing."""
@@ -344,8 +339,8 @@ def write_report(report: dict, run_dir: str | os.PathLike, **provenance) -> tupl
     report = {**report, **provenance}
     report.setdefault("commit", git_commit())
     js, md = run_dir / "eval.json", run_dir / "eval.md"
-    _atomic_write(js, json.dumps(report, indent=2, default=str) + "\n")
-    _atomic_write(md, render_markdown(report))
+    atomic_write_text(js, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(md, render_markdown(report))
     return js, md
 
 

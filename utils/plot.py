@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +28,7 @@ from matplotlib import animation  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets.skeleton import skeleton_info  # noqa: E402
+from utils.atomic import atomic_path  # noqa: E402
 
 __all__ = ["plot_contact_sheet", "plot_side_by_side", "save_animation", "side_view_axis", "LEFT_COLOR",
            "RIGHT_COLOR", "SPINE_COLOR"]
@@ -108,23 +108,6 @@ def _draw_pose(ax, pose2d: np.ndarray, dataset: str, lw: float = 2.0) -> list:
     return lines
 
 
-def _atomic_save(path: Path, write) -> Path:
-    """Call write(tmp_path) and move the result onto `path` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: Sequence[str] | None = None,
                        dataset: str = "t2m", frames: int = 6, fps: float = 20.0) -> Path:
     """One PNG grid: rows = motions, columns = `frames` evenly spaced frames of each motion.
@@ -180,7 +163,8 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
     fig.tight_layout()
     path = Path(path)
     try:
-        _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
     return path
@@ -245,7 +229,8 @@ def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: f
     if path.suffix.lower() == ".mp4":
         anim = animation.FuncAnimation(fig, update, frames=len(joints), interval=1000.0 / fps, blit=False)
         try:
-            _atomic_save(path, lambda tmp: anim.save(tmp, writer=animation.FFMpegWriter(fps=fps)))
+            with atomic_path(path) as tmp:
+                anim.save(tmp, writer=animation.FFMpegWriter(fps=fps))
         finally:
             plt.close(fig)
         return path
@@ -274,11 +259,9 @@ def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: f
     palette = images[0].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
 
-    def write(tmp):
+    with atomic_path(path) as tmp:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
                        duration=int(round(1000.0 / fps)), optimize=False)
-
-    _atomic_save(path, write)
     return path
 
 

@@ -34,6 +34,7 @@ from datasets.motion_dataset import DataConfig
 from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementConvDecoder, MovementConvEncoder,
                               TextEncoderBiGRUCo, build_encoders, dim_pose_of, write_opt_txt)
 from utils import metrics
+from utils.atomic import atomic_open
 from utils.training import TrainConfig, TrainTask
 
 log = logging.getLogger(__name__)
@@ -275,13 +276,11 @@ def export_official(run_path: str | os.PathLike, model_state: dict, mean: np.nda
     ckpt["epoch"] = int(epoch)
     ckpt["iter"] = int(iteration)
     for name, arr in (("mean.npy", mean), ("std.npy", std)):
-        tmp = root / "meta" / (name + ".tmp.npy")
-        np.save(tmp, np.asarray(arr, np.float32))
-        os.replace(tmp, root / "meta" / name)
+        with atomic_open(root / "meta" / name, "wb") as f:
+            np.save(f, np.asarray(arr, np.float32))
     final = root / "model" / "finest.tar"
-    tmp = final.with_name("finest.tar.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, final)
+    with atomic_open(final, "wb") as f:
+        torch.save(ckpt, f)
     m, d, t, l = cfg.model, cfg.data, cfg.train, cfg.loss
     opts = {"name": "text_mot_match", "dataset_name": d.dataset, "data_root": d.root,
             "checkpoints_dir": str(Path(run_path).parent), "dim_pose": m.dim_pose, "dim_word": m.dim_word,
