@@ -3,7 +3,7 @@
     python eval_t2m.py --stage gt                               # ground truth as the "generation" (FID ~ 0)
     python eval_t2m.py --stage rvq checkpoints.rvq=runs/rvq/mini/checkpoints/best.pt
     python eval_t2m.py --stage retriever                        # TMR protocols normal / threshold / nsim / guo
-    python eval_t2m.py --stage gt --config configs/humanml3d/eval.yaml data.root=dataset/HumanML3D
+    python eval_t2m.py --stage gt --config configs/humanml3d/eval.yaml data.root=data/HumanML3D
     python eval_t2m.py --stage gt --replications 1 --fast       # quick check, labelled NOT COMPARABLE
 
 Writes `<runs-root>/eval/<name>/<stage>/eval.json` and `eval.md` (mean ± 95% CI over replications, commit hash,

@@ -1,7 +1,7 @@
 """Train the standard T2M evaluator (Guo et al. 2022) on a dataset in the HumanML3D layout.
 
     python train_evaluator.py                                   # mini dataset, configs/mini/evaluator.yaml
-    python train_evaluator.py --config configs/humanml3d/evaluator.yaml data.root=dataset/HumanML3D
+    python train_evaluator.py --config configs/humanml3d/evaluator.yaml data.root=data/HumanML3D
 
 Recipe of reference.md §3.5 (contrastive loss, margin 10, shifted negatives; Adam 1e-4; batch 32; clip 0.5); the
 movement encoder is first pre-trained with a reconstruction head and frozen (loss.movement_mode=pretrain) or trained

@@ -99,7 +99,6 @@ class DataConfig:
     window_size: int = 64            # mode "window" (tokenizer training; reference §1.3 VQ dataset)
     max_text_len: int = 20           # evaluator caption length in words (reference §1.4)
     glove_dir: str = ""              # "" = <root>/glove; only mode "eval" needs it
-    num_workers: int = 0
 
 
 @dataclass(frozen=True)

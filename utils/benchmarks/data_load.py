@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         frames = write_random_dataset(root, args.num_motions, args.seed)
         t_write = time.perf_counter() - t0
-        cfg = DataConfig(root=str(root), num_workers=args.num_workers)
+        cfg = DataConfig(root=str(root))
 
         t0 = time.perf_counter()
         corpus = MotionCorpus.load(cfg, "train")

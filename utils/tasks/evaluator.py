@@ -215,7 +215,7 @@ def pretrain_movement_encoder(model: EvaluatorModel, train_set, cfg: EvaluatorSt
         opt = torch.optim.Adam(params, lr=cfg.loss.movement_pretrain_lr)
         loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
                                              drop_last=len(train_set) >= cfg.train.batch_size,
-                                             collate_fn=collate_fn, num_workers=cfg.data.num_workers)
+                                             collate_fn=collate_fn, num_workers=cfg.train.num_workers)
         model.to(device).train()
         bar = None
         if progress:
