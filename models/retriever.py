@@ -483,13 +483,8 @@ class BMMRetriever(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu") -> "BMMRetriever":
         """Rebuild from a `retriever` checkpoint alone (its config["model"]), eval mode."""
-        from utils.checkpoint import load_checkpoint, load_model_state
-        from utils.config import from_dict
-
-        ckpt = load_checkpoint(path, stage="retriever")
-        model = cls(from_dict(RetrieverConfig, ckpt["config"]["model"]))
-        load_model_state(model, ckpt["model"], path)
-        return model.to(device).eval()
+        from utils.checkpoint import load_model
+        return load_model(path, cls, RetrieverConfig, stage="retriever", device=device)[0]
 
 
 def state_fingerprint(state: dict[str, Tensor]) -> str:

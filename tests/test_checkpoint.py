@@ -211,3 +211,38 @@ def test_only_rank_zero_touches_the_file_system(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     run = RunDir("rvq", "mini", root=tmp_path)
     assert not run.path.exists()
+
+
+# ------------------------------------------------------------------------------------------------ load_model
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass
+class WidthConfig:
+    width: int = 8
+
+
+class WidthModel(nn.Sequential):
+    """make_model's layout, built from a config dataclass as every stage model is."""
+
+    def __init__(self, cfg: WidthConfig):
+        super().__init__(nn.Linear(3, cfg.width), nn.ReLU(), nn.Linear(cfg.width, 2))
+        self.cfg = cfg
+
+
+def test_load_model_rebuilds_from_the_checkpoint_config_alone(tmp_path):
+    model = save(tmp_path / "a.pt")                            # config {"model": {"width": 4}}, not the default 8
+    rebuilt, ck = ckpt_mod.load_model(tmp_path / "a.pt", WidthModel, WidthConfig, stage="rvq")
+    assert rebuilt.cfg == WidthConfig(width=4) and not rebuilt.training and ck["stage"] == "rvq"
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_load_model_refuses_other_stage_and_missing_model_config(tmp_path):
+    save(tmp_path / "a.pt", stage="retriever")
+    with pytest.raises(CheckpointError, match="expected stage 'rvq'"):
+        ckpt_mod.load_model(tmp_path / "a.pt", WidthModel, WidthConfig, stage="rvq")
+    save_checkpoint(tmp_path / "b.pt", stage="rvq", config={"train": {}}, model=make_model().state_dict())
+    with pytest.raises(CheckpointError, match=r"b\.pt has no config\.model"):
+        ckpt_mod.load_model(tmp_path / "b.pt", WidthModel, WidthConfig, stage="rvq")

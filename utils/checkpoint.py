@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_open
+from utils.config import from_dict
 
 FORMAT_VERSION = 1
 
@@ -139,3 +140,21 @@ def load_model_state(module: nn.Module, state: dict, path: str | os.PathLike, ma
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def load_model(path: str | os.PathLike, model_cls: type[nn.Module], config_cls: type, *, stage: str,
+               device: Any = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from a checkpoint alone: `model_cls(from_dict(config_cls, ckpt["config"]["model"]))` with the
+    checkpoint's weights loaded strictly, in eval mode on `device`. Returns (model, the checkpoint dict).
+
+    Every "load the trained X" of the stages goes through here, so the refusals (missing file, other stage, config
+    or weights that do not fit) read the same everywhere.
+    """
+    ckpt = load_checkpoint(path, stage=stage, map_location="cpu")
+    config = ckpt.get("config") or {}
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path} has no config.model section to rebuild the {model_cls.__name__} "
+                              f"from (config keys: {sorted(config)}); was it written by the {stage} stage's Trainer?")
+    model = model_cls(from_dict(config_cls, config["model"], source=f"{path}: config.model"))
+    load_model_state(model, ckpt["model"], path)
+    return model.to(device).eval(), ckpt

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from datasets.motion_dataset import DataConfig, MotionTextDataset, build_dataset
 from models.retriever import (BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
                               default_database_path)
+from utils.checkpoint import load_model
 from utils.retrieval_metrics import GUO_BATCH, PROTOCOLS, protocol_guo, protocol_normal, retrieval_protocols
 from utils.training import TrainConfig, TrainTask
 
@@ -160,14 +161,8 @@ class RetrieverTask(TrainTask):
 
 def load_retriever(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[BMMRetriever, dict]:
     """(retriever in eval mode, the checkpoint's config dict) from a `retriever` checkpoint."""
-    from utils.checkpoint import load_checkpoint, load_model_state
-    from utils.config import from_dict
-
-    ckpt = load_checkpoint(ckpt_path, stage="retriever")
-    config = ckpt["config"]
-    model = BMMRetriever(from_dict(RetrieverConfig, config["model"], f"{ckpt_path}: config.model"))
-    load_model_state(model, ckpt["model"], ckpt_path)
-    return model.to(device).eval(), config
+    model, ckpt = load_model(ckpt_path, BMMRetriever, RetrieverConfig, stage="retriever", device=device)
+    return model, ckpt["config"]
 
 
 def _data_for(ckpt_config: dict, data_cfg: DataConfig, ckpt_path) -> DataConfig:

@@ -21,8 +21,7 @@ from torch import Tensor
 
 from datasets.motion_dataset import DataConfig
 from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQVAE2D
-from utils.checkpoint import load_checkpoint, load_model_state
-from utils.config import from_dict
+from utils.checkpoint import CheckpointError, load_model
 from utils.training import TrainConfig, TrainTask
 
 MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
@@ -230,15 +229,12 @@ class LoadedRVQ:
 
 def load_rvq(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedRVQ:
     """Rebuild RVQVAE2D from a tokenizer checkpoint alone (config + state, EMA statistics included)."""
-    ckpt = load_checkpoint(ckpt_path, stage="rvq", map_location="cpu")
-    model = RVQVAE2D(from_dict(RVQConfig, ckpt["config"]["model"], source=f"{ckpt_path} config.model"))
-    load_model_state(model, ckpt["model"], ckpt_path)
+    model, ckpt = load_model(ckpt_path, RVQVAE2D, RVQConfig, stage="rvq", device=device)
     extra = ckpt.get("extra") or {}
     if "mean" not in extra:
-        from utils.checkpoint import CheckpointError
         raise CheckpointError(f"checkpoint {ckpt_path} has no normalisation statistics (extra.mean / extra.std); "
                               f"it was not written by train_rvq.py")
-    return LoadedRVQ(model=model.to(device).eval(), mean=torch.as_tensor(extra["mean"]).float(),
+    return LoadedRVQ(model=model, mean=torch.as_tensor(extra["mean"]).float(),
                      std=torch.as_tensor(extra["std"]).float(), config=ckpt["config"], path=str(ckpt_path))
 
 
