@@ -142,11 +142,8 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
 
     @torch.no_grad()
     def reconstruct(batch):
-        raw = eval_set.denormalize(batch["motion"])
         lengths = torch.as_tensor(batch["length"]).reshape(-1)
-        keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
-        x = tok.normalize(raw.to(device)) * keep.to(device)          # the tokenizer's statistics, zero-padded
-        return tok.denormalize(tok.model(x).recon).cpu(), lengths
+        return tok.reconstruct(eval_set.denormalize(batch["motion"]), lengths)[2], lengths
 
     report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
     report["requested_config"] = asdict(cfg.eval)

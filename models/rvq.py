@@ -183,12 +183,15 @@ class ConvDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class RVQOutput:
-    """recon (B, T, D); losses: named scalar tensors (see `RVQVAE2D.forward`); stats: logging scalars."""
+    """recon (B, T, D); losses: named scalar tensors (see `RVQVAE2D.forward`); stats: logging scalars;
+    indices (B, T', C, Q): the token map the forward pass quantized with (−1 = level skipped by quantize dropout;
+    in eval mode exactly `encode(motion)`, so callers need no second encoder pass)."""
 
     recon: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     heads: dict[str, Tensor] = field(default_factory=dict)   # per-branch outputs (B, T, D): "joint", "global"
+    indices: Tensor | None = None
 
 
 class RVQVAE2D(nn.Module):
@@ -321,19 +324,28 @@ class RVQVAE2D(nn.Module):
         self._check_motion(motion)
         b = motion.shape[0]
         z, zg = self._encode_latents(motion)
-        zq, _, commit_joint, jstats = self.quantizer(z)
+        zq, idx, commit_joint, jstats = self.quantizer(z)
         losses = {"commit_joint": commit_joint}
         stats = jstats.as_dict("joint/")
-        zgq = None
+        zgq = gidx = None
         if zg is not None:
-            zgq, _, commit_global, gstats = self.global_quantizer(zg)
+            zgq, gidx, commit_global, gstats = self.global_quantizer(zg)
             losses["commit_global"] = commit_global
             losses["commit"] = 0.5 * (commit_joint + commit_global)   # reference.md §5.3: (commit1d + commit2d)/2
             stats.update(gstats.as_dict("global/"))
         else:
             losses["commit"] = commit_joint
         recon, heads = self._decode_latents(zq, zgq, b)
-        return RVQOutput(recon=recon, losses=losses, stats=stats, heads=heads)
+        return RVQOutput(recon=recon, losses=losses, stats=stats, heads=heads,
+                         indices=self._token_map(idx.detach(), None if gidx is None else gidx.detach(), b))
+
+    def _token_map(self, idx: Tensor, gidx: Tensor | None, batch: int) -> Tensor:
+        """Joint indices (B·G, T', Q) (+ global (B, T', Q)) → token map (B, T', C, Q)."""
+        tp = idx.shape[1]
+        idx = idx.reshape(batch, self.num_groups, tp, -1).permute(0, 2, 1, 3)      # (B, T', G, Q)
+        if gidx is not None:
+            idx = torch.cat([idx, gidx.unsqueeze(2)], dim=2)
+        return idx
 
     @torch.no_grad()
     def encode(self, motion: Tensor) -> Tensor:
@@ -344,15 +356,13 @@ class RVQVAE2D(nn.Module):
         was_training = self.training
         self.quantizer.eval()
         _, idx, _, _ = self.quantizer(z, num_levels=self.num_quantizers)           # (B·G, T', Q)
-        tp = idx.shape[1]
-        idx = idx.reshape(b, self.num_groups, tp, -1).permute(0, 2, 1, 3)          # (B, T', G, Q)
+        gidx = None
         if zg is not None:
             self.global_quantizer.eval()
             _, gidx, _, _ = self.global_quantizer(zg, num_levels=self.num_quantizers)  # (B, T', Q)
-            idx = torch.cat([idx, gidx.unsqueeze(2)], dim=2)
             self.global_quantizer.train(was_training)
         self.quantizer.train(was_training)
-        return idx
+        return self._token_map(idx, gidx, b)
 
     def _check_indices(self, indices: Tensor) -> None:
         expected = f"(B, T', {self.num_columns}, {self.num_quantizers})"

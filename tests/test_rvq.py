@@ -55,6 +55,26 @@ def test_decode_of_encode_equals_forward_exactly_in_eval(models, global_branch):
     assert torch.equal(model.decode(model.encode(x)), recon)
 
 
+@pytest.mark.parametrize("global_branch", [False, True])
+def test_forward_token_map_equals_encode_in_eval(models, global_branch):
+    """RVQOutput.indices is the map forward quantized with: in eval exactly encode(x) (no second encoder pass)."""
+    model = models[("t2m", global_branch)]
+    x = torch.randn(2, 32, 263)
+    with torch.no_grad():
+        out = model(x)
+    assert out.indices.shape == (2, 8, 7 if global_branch else 6, 6)
+    assert torch.equal(out.indices, model.encode(x))
+
+
+def test_forward_token_map_marks_dropped_levels_in_training():
+    torch.manual_seed(0)
+    model = RVQVAE2D(tiny_cfg(quantize_dropout=1.0)).train()      # always drop: 1..Q-1 active levels
+    out = model(torch.randn(2, 32, 263))
+    active = (out.indices >= 0).all(dim=(0, 1, 2))                 # (Q,) levels used by every token
+    assert bool(active[0]) and not bool(active[-1])
+    assert bool(((out.indices >= 0) == active).all())              # one draw for the whole batch
+
+
 def test_paper_size_token_map_of_196_frames():
     """reference.md §5.3: 196 frames → 49 × 6 = 294 base tokens; paper codebooks 256 × 1024."""
     cfg = RVQConfig()

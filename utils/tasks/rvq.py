@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from datasets.motion_dataset import DataConfig
-from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQVAE2D
+from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
 from utils.checkpoint import CheckpointError, load_model
 from utils.training import TrainConfig, TrainTask
 
@@ -189,7 +189,7 @@ class RVQTask(TrainTask):
             out = model(motion)
             loss, _ = self.loss(out, motion)
             losses.append(float(loss))
-            usage.update(model.encode(motion))
+            usage.update(out.indices)                               # eval mode: = model.encode(motion)
             recon_meter.update(self.denormalize(motion).cpu(), self.denormalize(out.recon).cpu(), lengths,
                                motion, out.recon)
             if i == 0:
@@ -225,6 +225,19 @@ class LoadedRVQ:
 
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    @torch.no_grad()
+    def reconstruct(self, raw: Tensor, lengths: Tensor) -> tuple[Tensor, RVQOutput, Tensor]:
+        """Raw (de-normalised) features (B, T, D) with valid lengths (B,) through the tokenizer.
+
+        Returns (the input normalised with the tokenizer's statistics and zeroed beyond each length (B, T, D), on the
+        model's device; the RVQOutput; the reconstruction as raw features (B, T, D) on the CPU).
+        """
+        device = next(self.model.parameters()).device
+        keep = (torch.arange(raw.shape[1])[None, :] < lengths.cpu().reshape(-1, 1)).float()[..., None]
+        motion = self.normalize(raw.to(device)) * keep.to(device)
+        out = self.model(motion)
+        return motion, out, self.denormalize(out.recon).cpu()
 
 
 def load_rvq(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedRVQ:
@@ -277,13 +290,11 @@ def evaluate_reconstruction(ckpt_path: str | Path, data_cfg: DataConfig, split: 
             break
         lengths = torch.as_tensor(batch["length"]).reshape(-1)
         raw = batch["motion"] * ds_std + ds_mean                       # dataset stats → raw features
-        keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
-        motion = tok.normalize(raw).to(device) * keep.to(device)       # tokenizer's normalisation, zero-padded
-        out = model(motion)
-        recon_raw = tok.denormalize(out.recon).cpu()
+        motion, out, recon_raw = tok.reconstruct(raw, lengths)         # tokenizer's normalisation, zero-padded
         meter.update(raw, recon_raw, lengths, motion.cpu(), out.recon.cpu())
-        usage.update(model.encode(motion))
+        usage.update(out.indices)
         if evaluator is not None:
+            keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
             real_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(raw) * keep, lengths)
             rec_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(recon_raw) * keep, lengths)
             real_emb.append(real_e.cpu().numpy())
@@ -320,5 +331,5 @@ def render_val_example(ckpt_path: str | Path, data_cfg: DataConfig, path: str | 
     item = ds[index]
     length = int(item["length"])
     raw = torch.as_tensor(ds.denormalize(item["motion"][:length].numpy())).float()   # (T, D)
-    recon = tok.denormalize(tok.model(tok.normalize(raw)[None]).recon[0])
+    recon = tok.reconstruct(raw[None], torch.tensor([length]))[2][0]
     return render_reconstruction(raw, recon, tok.model.cfg.dataset, path, title=f"{split} {item.get('id', '')}")
