@@ -85,8 +85,12 @@ def _check_joints(x, name: str, dataset: str, min_ndim: int, max_ndim: int | Non
     J = num_joints(dataset)
     ok = x.ndim >= min_ndim and (max_ndim is None or x.ndim <= max_ndim) and x.shape[-2:] == (J, 3)
     if not ok:
+        hint = ""
+        if dataset == "t2m" and x.ndim >= 2 and x.shape[-2] > J and x.shape[-1] == 3:
+            hint = (f"; HumanML3D's joints/*.npy hold {x.shape[-2]} SMPL(-H) joints and the reference keeps the "
+                    f"first {J}: pass {name}[..., :{J}, :]")
         raise ValueError(f"{name}: expected shape {shape_text} with J={J} joints for dataset {dataset!r}, "
-                         f"got {tuple(x.shape)}")
+                         f"got {tuple(x.shape)}{hint}")
     _check_finite(x, name)
     return x
 
@@ -202,9 +206,11 @@ def extract_features(positions, tgt_offsets, feet_thre: float | None = None, dat
     positions = qrot_np(np.ones(positions.shape[:-1] + (4,)) * root_quat_init, positions)   # float32 from here
     global_positions = positions.copy()
 
-    # 5. foot contacts: squared displacement to the next frame below the threshold
+    # 5. foot contacts: squared 3D displacement (x, y and z) to the next frame below the threshold, strictly;
+    # summed x + y + z in that order, as the reference writes it
     def contacts(fid):
-        disp = ((positions[1:, fid] - positions[:-1, fid]) ** 2).sum(axis=-1)
+        step = positions[1:, fid] - positions[:-1, fid]
+        disp = step[..., 0] ** 2 + step[..., 1] ** 2 + step[..., 2] ** 2
         return (disp < np.array([feet_thre, feet_thre])).astype(np.float32)
 
     feet_l, feet_r = contacts(info.fid_l), contacts(info.fid_r)

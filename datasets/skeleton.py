@@ -152,14 +152,20 @@ def skeleton_info(dataset: str) -> SkeletonInfo:
 
 
 def qmul(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Hamilton product q·r of (..., 4) quaternions (same shape)."""
+    """Hamilton product q·r of (..., 4) quaternions (same shape).
+
+    The four products of each component are summed left to right in the reference's order (H3D
+    common/quaternion.py forms the outer product r_i·q_j and adds its terms in the order below). Float addition
+    is not associative: another order differs in the last bit for about a third of the components, which the
+    float32 extraction then carries into the features.
+    """
     w1, x1, y1, z1 = q.unbind(-1)
     w2, x2, y2, z2 = r.unbind(-1)
     return torch.stack((
-        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
-        w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
-        w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        w2 * w1 - x2 * x1 - y2 * y1 - z2 * z1,
+        w2 * x1 + x2 * w1 - y2 * z1 + z2 * y1,
+        w2 * y1 + x2 * z1 + y2 * w1 - z2 * x1,
+        w2 * z1 - x2 * y1 + y2 * x1 + z2 * w1,
     ), dim=-1)
 
 
@@ -309,9 +315,17 @@ class Skeleton:
         return len(self.raw_offsets)
 
     def offsets_from_joints(self, joints: np.ndarray) -> np.ndarray:
-        """Offsets of one pose (J, 3): raw direction × distance to the parent, float32. Also sets `self.offsets`."""
+        """Offsets of one pose (J, 3): raw direction × distance to the parent, float32. Also sets `self.offsets`.
+
+        The distance is taken in the pose's own dtype with torch's 2-norm, as the reference does, then rounded to
+        float32. For float32 poses numpy's norm differs from torch's in the last bit for about one bone in ten,
+        and the uniform-skeleton scale of every feature inherits it.
+        """
         joints = np.asarray(joints)
-        lengths = np.linalg.norm(joints[1:] - joints[self.parents[1:]], axis=-1)
+        if not np.issubdtype(joints.dtype, np.floating):
+            joints = joints.astype(np.float64)
+        bones = torch.from_numpy(np.ascontiguousarray(joints[1:] - joints[self.parents[1:]]))
+        lengths = torch.linalg.vector_norm(bones, dim=-1).numpy()
         offsets = self.raw_offsets.copy()
         offsets[1:] = lengths[:, None].astype(np.float32) * self.raw_offsets[1:]
         self.offsets = offsets

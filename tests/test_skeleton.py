@@ -50,6 +50,15 @@ def test_t2m_target_bone_lengths_and_processing_constants():
     assert sk.T2M_JOINT_NAMES[sk.T2M.mirror_left[0]] == "left_hip"
 
 
+def test_kit_processing_constants_of_t2m_motion_process():
+    """KIT-ML constants as T2M scripts/motion_process.py sets them (reference §2.2)."""
+    assert (sk.KIT.l_idx1, sk.KIT.l_idx2) == (17, 18)
+    assert (sk.KIT.fid_l, sk.KIT.fid_r) == ([19, 20], [14, 15])
+    assert sk.KIT.face_joint_idx == [11, 16, 5, 8] and sk.KIT.feet_thre == 0.05
+    assert sk.KIT_RAW_OFFSETS[[5, 8, 11, 16]].tolist() == [[1, 0, 0], [-1, 0, 0], [1, 0, 0], [-1, 0, 0]]
+    assert sk.KIT_RAW_OFFSETS[[14, 15, 19, 20], 2].tolist() == [1, 1, 1, 1]      # feet point forward
+
+
 def test_left_joints_have_positive_x_in_t2m_rest_directions():
     for j in (1, 13):
         assert sk.T2M_RAW_OFFSETS[j, 0] == 1 and sk.T2M_RAW_OFFSETS[j + 1, 0] == -1
@@ -112,6 +121,26 @@ def test_cont6d_is_the_first_two_columns_and_round_trips():
     torch.testing.assert_close(sk.cont6d_to_matrix(3.0 * sk.quaternion_to_cont6d(q)), sk.quaternion_to_matrix(q))
 
 
+def test_qmul_sums_each_component_in_the_reference_order():
+    """H3D common/quaternion.py forms the products t_ij = r_i·q_j and sums them left to right:
+    w = t00 - t11 - t22 - t33, x = t01 + t10 - t23 + t32, y = t02 + t13 + t20 - t31, z = t03 - t12 + t21 + t30.
+    In float32 the order decides the last bit, so it is pinned here."""
+    tiny = 2.0 ** -30
+    q = torch.tensor([1.0, 0.5, tiny, 1.0])
+    r = torch.tensor([1.0, 0.5, 1.0, 1.0])
+    # x = ((0.5 + 0.5) - 1) + 2^-30 = 2^-30 exactly; adding the tiny term before the -1 would round it away
+    # w = ((1 - 0.25) - 2^-30) - 1 = -0.25, y = ((2^-30 + 0.5) + 1) - 0.5 = 1, z = ((1 - 2^-31) + 0.5) + 1 = 2.5
+    assert sk.qmul(q, r).tolist() == [-0.25, tiny, 1.0, 2.5]
+    rng = np.random.default_rng(3)
+    qn, rn = (rng.normal(size=(2000, 4)).astype(np.float32) for _ in range(2))
+    t = rn[:, :, None] * qn[:, None, :]                                        # t[:, i, j] = r_i q_j, float32
+    expected = np.stack([t[:, 0, 0] - t[:, 1, 1] - t[:, 2, 2] - t[:, 3, 3],
+                         t[:, 0, 1] + t[:, 1, 0] - t[:, 2, 3] + t[:, 3, 2],
+                         t[:, 0, 2] + t[:, 1, 3] + t[:, 2, 0] - t[:, 3, 1],
+                         t[:, 0, 3] - t[:, 1, 2] + t[:, 2, 1] + t[:, 3, 0]], axis=-1)
+    np.testing.assert_array_equal(sk.qmul_np(qn, rn), expected)
+
+
 def test_numpy_helpers_compute_in_float32_and_agree_with_torch():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(6, 4))
@@ -136,6 +165,20 @@ def test_offsets_from_joints_are_direction_times_parent_distance():
     got = sk.Skeleton.for_dataset("t2m").offsets_from_joints(pose)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, offsets, atol=1e-7)
+
+
+def test_offsets_from_a_float32_pose_use_torch_norm_in_float32_like_the_reference(real_motion_dir):
+    """The reference takes each bone length with torch.norm in the pose's dtype; numpy's float32 norm differs in
+    the last bit for some bones, which would change the uniform-skeleton scale of every feature."""
+    pose = np.load(real_motion_dir / "joints" / "climb3_down.npy")[0]
+    assert pose.dtype == np.float32
+    parents = sk.T2M.parents
+    expected = np.array([torch.norm(torch.from_numpy(pose[j] - pose[parents[j]]), p=2, dim=0).item()
+                         for j in range(1, 22)], dtype=np.float32)
+    # (np.linalg.norm gives 5 of these 21 lengths 1 ulp apart on the machine this was written on)
+    got = sk.Skeleton.for_dataset("t2m").offsets_from_joints(pose)
+    np.testing.assert_array_equal(np.abs(got[1:]).max(axis=-1), expected)
+    np.testing.assert_array_equal(got[1:], expected[:, None] * sk.T2M_RAW_OFFSETS[1:])
 
 
 def test_fk_of_ik_reproduces_real_positions(real_motion_dir):
