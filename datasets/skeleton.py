@@ -356,7 +356,9 @@ class Skeleton:
         target = np.array([[0, 0, 1]]).repeat(len(forward), axis=0)
         root_quat = qbetween_np(forward, target)
         # the reference forces the root rotation of frame 0 to identity, whatever the facing; features
-        # therefore describe frame 0 in the frame of the step-4 canonicalisation (which faced +Z already)
+        # therefore describe frame 0 in the frame of the step-4 canonicalisation (which faced +Z already).
+        # (Active in MoMask's copy of common/skeleton.py and in the HumanML3D forks; one version of HumanML3D's own
+        # file has the line commented out, see H3D issue #45. Without it row 0 of every clip changes.)
         root_quat[0] = np.array([1.0, 0.0, 0.0, 0.0])
 
         quats = np.zeros(joints.shape[:-1] + (4,))

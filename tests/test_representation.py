@@ -128,6 +128,35 @@ def test_uniform_skeleton_scales_the_root_by_the_leg_ratio():
     np.testing.assert_allclose(lengths, np.broadcast_to(T2M.target_bone_lengths, lengths.shape), atol=1e-6)
 
 
+def test_foot_contact_uses_the_squared_3d_step_including_height():
+    """A rigid vertical hop: the contact test is |p(t+1) - p(t)|² < feet_thre over x, y and z, not the ground plane."""
+    steps = np.array([0.05, 0.04, -0.04, -0.05])                 # 0.05² > 0.002 > 0.04²
+    clip = standing(5) + np.concatenate([[0.0], np.cumsum(steps)])[:, None, None] * np.array([0.0, 1.0, 0.0])
+    feats = rep.joints_to_features(clip, T2M_OFFSETS)
+    np.testing.assert_array_equal(feats[:, 259:263], np.repeat([[0.0], [1.0], [1.0], [0.0]], 4, axis=1))
+    np.testing.assert_allclose(feats[:, 1:3], 0, atol=1e-6)      # no horizontal root motion
+
+
+def test_foot_contacts_are_left_then_right_with_a_strict_threshold():
+    """Swing the straight left leg forward about the left hip: dims 259:261 (L ankle, L foot) lose contact, the still
+    right foot keeps it (dims 261:263). A step exactly equal to feet_thre is not a contact (strict <)."""
+    pose = rest_pose(T2M_OFFSETS, T2M.parents)
+    frames = []
+    for t in range(6):
+        c, s = math.cos(0.1 * t), math.sin(0.1 * t)
+        rot_x = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])     # takes -y (down) towards +z (forward)
+        f = pose.copy()
+        f[[4, 7, 10]] = (pose[[4, 7, 10]] - pose[1]) @ rot_x.T + pose[1]
+        frames.append(f)
+    ex = rep.extract_features(np.stack(frames), T2M_OFFSETS)
+    np.testing.assert_array_equal(ex.features[:, 259:263], np.broadcast_to([0.0, 0.0, 1.0, 1.0], (5, 4)))
+    step = ex.global_positions[1, 7] - ex.global_positions[0, 7]      # float32, as the extraction computes it
+    d = float(step[0] ** 2 + step[1] ** 2 + step[2] ** 2)
+    assert 0.0065 < d < 0.0071                                    # chord of 0.1 rad on the 0.826 m straight leg, squared
+    assert rep.joints_to_features(np.stack(frames), T2M_OFFSETS, feet_thre=d)[0, 259] == 0.0
+    assert rep.joints_to_features(np.stack(frames), T2M_OFFSETS, feet_thre=np.nextafter(d, 1.0))[0, 259] == 1.0
+
+
 def test_turn_in_place_gives_half_the_yaw_rate_in_dim_zero():
     omega = 0.02                       # rad per frame, turning +Z towards +X
     T = 140                            # 140 × 0.02 = 2.8 rad < pi: the facing never passes 180°
@@ -304,6 +333,8 @@ def test_errors_name_the_argument_and_the_expected_shape():
         rep.features_to_joint_format(np.zeros((4, 263)), "kit")
     with pytest.raises(ValueError, match=r"joints: expected shape \(\.\.\., J, 3\) with J=21"):
         rep.mirror_joints(good, "kit")
+    with pytest.raises(ValueError, match=r"got \(5, 52, 3\); HumanML3D's joints/\*\.npy hold 52 .*positions\[\.\.\., :22, :\]"):
+        rep.joints_to_features(np.zeros((5, 52, 3)), T2M_OFFSETS)
     with pytest.raises(ValueError, match="dataset: expected one of"):
         rep.feature_dim("humanml3d")
 
