@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,12 +153,14 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
 
 
 def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
+    from utils.evaluation import write_table_report
     from utils.tasks.retriever import evaluate_retriever
 
     ckpt = _checkpoint(cfg.checkpoints.retriever, "retriever", args)
     result = evaluate_retriever(ckpt, cfg.data, split=cfg.split, protocols=tuple(cfg.retrieval_protocols),
                                 device=str(device))
-    _write_plain(out_dir, "retriever", result, {"retriever": ckpt}, cfg)
+    write_table_report(result, out_dir, stage="retriever", checkpoints={"retriever": ckpt}, run_config=_plain(cfg),
+                       split=cfg.split, dataset_note=_dataset_note(cfg))
     return result
 
 
@@ -173,33 +174,6 @@ def _dataset_note(cfg: EvalStageConfig) -> str:
     if "mini" in root:
         return "mini dataset: numbers are a smoke test, never comparable to paper tables"
     return ""
-
-
-def _write_plain(out_dir: Path, stage: str, result: dict, checkpoints: dict, cfg: EvalStageConfig) -> None:
-    """eval.json / eval.md for results that are tables of numbers (retrieval protocols: {protocol: {key: value}})."""
-    from utils.atomic import atomic_write_text
-    from utils.evaluation import git_commit
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"stage": stage, "results": result, "checkpoints": checkpoints, "commit": git_commit(),
-              "run_config": _plain(cfg), "split": cfg.split, "dataset_note": _dataset_note(cfg)}
-    atomic_write_text(out_dir / "eval.json", json.dumps(report, indent=2, default=str) + "\n")
-    lines = [f"# Evaluation: {stage}", ""]
-    if report["dataset_note"]:
-        lines += [f"**{report['dataset_note']}**", ""]
-    tables = {k: v for k, v in result.items() if isinstance(v, dict)} if isinstance(result, dict) else {}
-    scalars = {k: v for k, v in result.items() if not isinstance(v, dict)} if isinstance(result, dict) else {}
-    if tables:
-        cols = sorted({c for v in tables.values() for c in v})
-        lines += ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for name, row in tables.items():
-            lines.append(f"| {name} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
-        lines.append("")
-    for k, v in scalars.items():
-        lines.append(f"- {k}: {v}")
-    lines += ["", "## Provenance", "", f"- commit: `{report['commit']}`"]
-    lines += [f"- {k}: `{v}`" for k, v in checkpoints.items()]
-    atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

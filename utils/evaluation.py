@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 
 from utils import metrics
 from utils.atomic import atomic_write_text
+from utils.markdown import markdown_table
 
 GenerateFn = Callable[..., tuple[Any, Any]]
 
@@ -309,11 +310,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"**{report['note']}**", ""]
     if report.get("dataset_note"):
         lines += [f"**{report['dataset_note']}**", ""]
-    lines += ["| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for metric in METRIC_NAMES:
-        if not any(metric in report["metrics"][c] for c in cols):
-            continue
-        lines.append(f"| {metric} | " + " | ".join(_fmt(report["metrics"][c].get(metric)) for c in cols) + " |")
+    lines += markdown_table(["metric", *cols],
+                            ([metric, *(_fmt(report["metrics"][c].get(metric)) for c in cols)] for metric in METRIC_NAMES
+                             if any(metric in report["metrics"][c] for c in cols)))
     cfg = report["config"]
     extra = report.get("extra_metrics") or {}
     if extra:
@@ -351,3 +350,28 @@ def summary_line(report: dict, column: str | None = None) -> str:
     short = {"R_precision_top1": "R@1", "R_precision_top2": "R@2", "R_precision_top3": "R@3"}
     return ", ".join(f"{short.get(k, k)} {v['mean']:.3f}±{v['conf']:.3f}" for k, v in row.items())
 
+
+
+def write_table_report(results: dict, run_dir: str | os.PathLike, *, stage: str, checkpoints: dict[str, str],
+                       run_config: dict, split: str, dataset_note: str = "") -> tuple[Path, Path]:
+    """`eval.json` / `eval.md` for results that are tables of numbers rather than an `evaluate_t2m` report
+    (the retrieval protocols: {protocol: {"t2m/R01": ..., ...}}); scalar entries are listed under the table."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = {"stage": stage, "results": results, "checkpoints": checkpoints, "commit": git_commit(),
+              "run_config": run_config, "split": split, "dataset_note": dataset_note}
+    js, md = run_dir / "eval.json", run_dir / "eval.md"
+    atomic_write_text(js, json.dumps(report, indent=2, default=str) + "\n")
+    lines = [f"# Evaluation: {stage}", ""]
+    if dataset_note:
+        lines += [f"**{dataset_note}**", ""]
+    tables = {k: v for k, v in results.items() if isinstance(v, dict)}
+    if tables:
+        cols = sorted({c for v in tables.values() for c in v})
+        lines += markdown_table(["", *cols], ([name, *(row.get(c, "-") for c in cols)] for name, row in tables.items()))
+        lines.append("")
+    lines += [f"- {k}: {v}" for k, v in results.items() if not isinstance(v, dict)]
+    lines += ["", "## Provenance", "", f"- commit: `{report['commit']}`"]
+    lines += [f"- {k}: `{v}`" for k, v in checkpoints.items()]
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return js, md

@@ -35,7 +35,7 @@ from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementCon
                               TextEncoderBiGRUCo, build_encoders, dim_pose_of, write_opt_txt)
 from utils import metrics
 from utils.atomic import atomic_open
-from utils.training import TrainConfig, TrainTask
+from utils.training import TrainConfig, TrainTask, move_to_device
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class EvaluatorTask(TrainTask):
         tot = {"loss": 0.0, "loss_pos": 0.0, "loss_neg": 0.0}
         hits, n, nb = np.zeros(3), 0, 0
         for batch in loader:
-            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = move_to_device(batch, device)
             text_emb, motion_emb = self.model.embed(batch)
             b = text_emb.shape[0]
             pos, neg = contrastive_loss(text_emb, motion_emb, self.cfg.loss.margin, max(b // 2, 1) % max(b, 1))
@@ -224,7 +224,7 @@ def pretrain_movement_encoder(model: EvaluatorModel, train_set, cfg: EvaluatorSt
         step = 0
         while step < steps:
             for batch in loader:
-                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                batch = move_to_device(batch, device)
                 loss = model.reconstruction_loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

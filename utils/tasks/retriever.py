@@ -32,6 +32,7 @@ from datasets.motion_dataset import DataConfig, MotionTextDataset, build_dataset
 from models.retriever import (BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
                               default_database_path)
 from utils.checkpoint import load_model
+from utils.markdown import markdown_table
 from utils.retrieval_metrics import GUO_BATCH, PROTOCOLS, protocol_guo, protocol_normal, retrieval_protocols
 from utils.training import TrainConfig, TrainTask
 
@@ -235,13 +236,9 @@ def retrieval_markdown(results: dict[str, dict[str, float]], title: str = "Retri
     lines = [f"### {title}", ""]
     if note:
         lines += [note, ""]
-    lines.append("| protocol | direction | " + " | ".join(c.replace("R0", "R@").replace("R10", "R@10")
-                                                         for c in RETRIEVAL_COLUMNS) + " |")
-    lines.append("|---|---|" + "---|" * len(RETRIEVAL_COLUMNS))
-    for proto, metrics in results.items():
-        for direction in ("t2m", "m2t"):
-            vals = [metrics.get(f"{direction}/{c}") for c in RETRIEVAL_COLUMNS]
-            cells = ["–" if v is None else f"{v:.2f}" for v in vals]
-            lines.append(f"| {proto} | {'text→motion' if direction == 't2m' else 'motion→text'} | "
-                         + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = ["protocol", "direction", *(c.replace("R0", "R@").replace("R10", "R@10") for c in RETRIEVAL_COLUMNS)]
+    rows = ([proto, "text→motion" if direction == "t2m" else "motion→text",
+             *("–" if metrics.get(f"{direction}/{c}") is None else f"{metrics[f'{direction}/{c}']:.2f}"
+               for c in RETRIEVAL_COLUMNS)]
+            for proto, metrics in results.items() for direction in ("t2m", "m2t"))
+    return "\n".join(lines + markdown_table(header, rows)) + "\n"
