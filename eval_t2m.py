@@ -34,8 +34,8 @@ class EvaluatorPathConfig:
 
 @dataclass
 class CheckpointPaths:
-    rvq: str = ""         # RVQ-VAE checkpoint for --stage rvq ("" = runs/rvq/<name>/checkpoints/best.pt)
-    retriever: str = ""   # retriever checkpoint for --stage retriever ("" = runs/retriever/<name>/checkpoints/best.pt)
+    rvq: str = ""         # --stage rvq ("" = runs/rvq/<name>/checkpoints/best.pt, else last.pt)
+    retriever: str = ""   # --stage retriever ("" = runs/retriever/<name>/checkpoints/best.pt, else last.pt)
 
 
 @dataclass
@@ -95,7 +95,9 @@ def load_evaluator(cfg: EvalStageConfig, device):
 
 
 def _checkpoint(cfg_value: str, stage: str, args) -> str:
-    path = cfg_value or f"{args.runs_root}/{stage}/{args.name}/checkpoints/best.pt"
+    from utils.run_dir import final_checkpoint
+
+    path = cfg_value or str(final_checkpoint(stage, args.name, args.runs_root))
     if not Path(path).is_file():
         raise SystemExit(f"eval_t2m.py: --stage {stage}: checkpoint {path} not found; train it first "
                          f"(python train_{stage}.py) or set checkpoints.{stage}=<path>")

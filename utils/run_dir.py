@@ -44,6 +44,14 @@ def run_dir_problem(path: str | os.PathLike, resume: bool, overwrite: bool) -> s
     return None
 
 
+def final_checkpoint(stage: str, name: str, root: str | os.PathLike = "runs") -> Path:
+    """The checkpoint a finished run hands to the next stage: `<root>/<stage>/<name>/checkpoints/best.pt` when
+    validation chose one, else `last.pt` (which may not exist: the caller reports that). Creates nothing."""
+    ckpt_dir = Path(root) / stage / name / "checkpoints"
+    best = ckpt_dir / "best.pt"
+    return best if best.is_file() else ckpt_dir / "last.pt"
+
+
 class RunDir:
     """Paths of one run; creates the folder (rank 0) and enforces the refuse / resume / overwrite rule.
 
@@ -88,7 +96,7 @@ class RunDir:
     @property
     def final_checkpoint(self) -> Path:
         """best.pt when validation chose one, else last.pt (what the next stage should load)."""
-        return self.best if self.best.is_file() else self.last
+        return final_checkpoint(self.stage, self.name, self.path.parent.parent)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, resume={self.resume}, overwrite={self.overwrite})"
