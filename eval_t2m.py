@@ -54,35 +54,23 @@ def default_evaluator_path(dataset: str) -> str:
 
 
 def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
-    from utils.config import ConfigError, describe_schema, load_config
+    from utils.config import load_stage_config, stage_parser
 
-    keys = "\n".join(f"  {k} ({t}) = {d}{'   # ' + c if c else ''}" for k, t, d, c in describe_schema(EvalStageConfig))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="config keys (override as key=value):\n" + keys)
+    parser = stage_parser(EvalStageConfig, "eval", argv, description=__doc__, run_flags=False)
     parser.add_argument("--stage", required=True, choices=STAGES,
                         help="what to evaluate: gt (ground truth), rvq (reconstructions), retriever (TMR "
                              "protocols), t2m (full generator; not implemented yet)")
-    parser.add_argument("--config", default="configs/mini/eval.yaml", metavar="PATH",
-                        help="eval YAML (default: configs/mini/eval.yaml)")
-    parser.add_argument("--name", default=None, help="run name (default: the config's folder, e.g. 'mini')")
-    parser.add_argument("--runs-root", default="runs", metavar="DIR", help="root of run dirs (default: runs)")
     parser.add_argument("--replications", type=int, default=None,
                         help="number of replications (default: eval.replications of the config, 20)")
     parser.add_argument("--fast", action="store_true",
                         help="1 replication and a shortened MultiModality; the report says NOT COMPARABLE")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
+    flags = []                                    # the two shortcut flags are config keys
     if args.replications is not None:
-        overrides.append(f"eval.replications={args.replications}")
+        flags.append(f"eval.replications={args.replications}")
     if args.fast:
-        overrides.append("eval.fast=true")
-    try:
-        cfg = load_config(EvalStageConfig, args.config, overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.name is None:
-        args.name = Path(args.config).resolve().parent.name or "eval"
+        flags.append("eval.fast=true")
+    cfg = load_stage_config(parser, EvalStageConfig, "eval", args, extra_overrides=flags, check_run_dir=False)
     return cfg, args
 
 

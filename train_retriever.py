@@ -11,31 +11,28 @@ checkpoints/best_database.pt. `--build-db CKPT` only builds the database of an e
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from datasets.motion_dataset import build_dataset, collate
-from utils.config import stage_cli
+from utils.config import load_stage_config, stage_parser
 from utils.run_dir import RunDir
 from utils.tasks.retriever import RetrieverStageConfig, RetrieverTask, build_database
-from utils.training import Trainer, configure_logging
+from utils.training import Trainer, configure_logging, select_device
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--build-db", metavar="CKPT", default=None)
-    pre.add_argument("--db-split", default="train")
-    known, rest = pre.parse_known_args(argv)
-    cfg, args = stage_cli(
-        RetrieverStageConfig, "retriever", rest,
-        description="Train the Part-Level BMM retriever (paper §2.1) and build its retrieval database.\n"
-                    "Extra flags: --build-db CKPT  only build the database of an existing retriever checkpoint\n"
-                    "             (written next to it as <stem>_database.pt); --db-split SPLIT (default train).")
+    parser = stage_parser(RetrieverStageConfig, "retriever", argv, description=__doc__)
+    parser.add_argument("--build-db", metavar="CKPT", default=None,
+                        help="only build the retrieval database of this retriever checkpoint (written next to it "
+                             "as <stem>_database.pt); no training")
+    parser.add_argument("--db-split", default="train", metavar="SPLIT",
+                        help="split the --build-db database is built from (default: train)")
+    args = parser.parse_args(argv)
+    cfg = load_stage_config(parser, RetrieverStageConfig, "retriever", args, check_run_dir=not args.build_db)
     configure_logging()
-    if known.build_db:
-        build_database(known.build_db, cfg.data, split=known.db_split, device=cfg.train.device
-                       if cfg.train.device != "auto" else "cpu", batch_size=cfg.retriever.database_batch_size)
+    if args.build_db:
+        build_database(args.build_db, cfg.data, split=args.db_split, device=str(select_device(cfg.train.device)),
+                       batch_size=cfg.retriever.database_batch_size)
         return 0
 
     train_set = build_dataset(cfg.data, "train", "text")

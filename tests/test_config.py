@@ -179,3 +179,20 @@ def test_stage_cli_checks_the_run_dir_before_any_work(tmp_path, capsys):
     assert "already exists; pass --resume" in capsys.readouterr().err
     _, args = stage_cli(ToyStageConfig, "toy", [*common, "--overwrite"])
     assert args.overwrite and (runs / "toy" / "mini" / "config.yaml").exists()   # the CLI deletes nothing
+
+
+def test_stage_parser_takes_script_flags_that_map_to_config_keys(tmp_path, capsys):
+    from utils.config import load_stage_config, stage_parser
+
+    path = write(tmp_path, "width: 32\n", name="toy.yaml")
+    argv = ["--config", str(path), "--fast", "train.lr=0.5", "width=8"]
+    parser = stage_parser(ToyStageConfig, "toy", argv, run_flags=False)
+    parser.add_argument("--fast", action="store_true")
+    args = parser.parse_args(argv)
+    assert args.fast and not hasattr(args, "resume")
+    cfg = load_stage_config(parser, ToyStageConfig, "toy", args, extra_overrides=["width=4"], check_run_dir=False)
+    assert cfg.train.lr == 0.5 and cfg.width == 4                 # script flags come after the positional overrides
+    assert args.name == "mini"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--resume"])                             # run_flags=False: no --resume / --overwrite
+    assert "unrecognized arguments: --resume" in capsys.readouterr().err

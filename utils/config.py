@@ -250,7 +250,17 @@ def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
     Returns (config instance, argparse namespace with config, name, runs_root, resume, overwrite, overrides).
     Config errors, and (with `check_run_dir`) a run dir that exists without --resume / --overwrite or a --resume
     without checkpoint, exit with status 2 and a one-line message (argparse's convention) before any work starts.
+    A script with flags of its own builds the parser with `stage_parser`, adds them, and calls `load_stage_config`.
     """
+    parser = stage_parser(schema, stage, argv, description)
+    args = parser.parse_args(argv)
+    return load_stage_config(parser, schema, stage, args, check_run_dir=check_run_dir), args
+
+
+def stage_parser(schema: type, stage: str, argv: Sequence[str] | None = None, description: str = "",
+                 run_flags: bool = True) -> argparse.ArgumentParser:
+    """The shared parser of `stage_cli` (`run_flags=False`: without --resume / --overwrite, for scripts that do not
+    train). `argv` is only pre-read for `--config`, so that `--help` shows the values of the chosen file."""
     _check_schema(schema)
     default_config = f"configs/mini/{stage}.yaml"
     pre = argparse.ArgumentParser(add_help=False)
@@ -266,21 +276,29 @@ def stage_cli(schema: type[T], stage: str, argv: Sequence[str] | None = None,
                         help="run name; the run dir is <runs-root>/%s/<name> (default: the config file's folder, "
                              "e.g. 'mini')" % stage)
     parser.add_argument("--runs-root", default="runs", metavar="DIR", help="root of all run dirs (default: runs)")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    if run_flags:
+        parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.pt")
+        parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    args = parser.parse_args(argv)
-    if args.resume and args.overwrite:
+    return parser
+
+
+def load_stage_config(parser: argparse.ArgumentParser, schema: type[T], stage: str, args: argparse.Namespace,
+                      extra_overrides: Sequence[str] = (), check_run_dir: bool = True) -> T:
+    """The config of parsed `stage_parser` arguments: `args.config` + `args.overrides` + `extra_overrides` (flags a
+    script maps to keys). Fills the default `args.name`; errors exit through `parser.error` (see `stage_cli`)."""
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
         parser.error("--resume and --overwrite exclude each other: resume continues a run, overwrite deletes it")
     if args.name is None:
         args.name = Path(args.config).resolve().parent.name or stage
     try:
-        cfg = load_config(schema, args.config, args.overrides)
+        cfg = load_config(schema, args.config, [*args.overrides, *extra_overrides])
     except ConfigError as err:
         parser.error(str(err))
     if check_run_dir and int(os.environ.get("RANK", "0")) == 0:
         from utils.run_dir import run_dir_problem
-        problem = run_dir_problem(Path(args.runs_root) / stage / args.name, args.resume, args.overwrite)
+        problem = run_dir_problem(Path(args.runs_root) / stage / args.name, resume, overwrite)
         if problem:
             parser.error(problem)
-    return cfg, args
+    return cfg
