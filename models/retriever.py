@@ -384,6 +384,29 @@ class BMMRetriever(nn.Module):
         return F.normalize(self.text_tower(texts), dim=-1)
 
     @torch.no_grad()
+    def encode_entries(self, dataset, entries: Sequence, batch_size: int = 64, progress: bool = False) -> Tensor:
+        """(N, latent_dim) CPU features of the full motions of N corpus entries (deterministic: no random crop).
+
+        Each entry's motion is cropped to `cfg.max_frames`, normalised with `dataset.normalize` (a MotionTextDataset
+        built with the retriever's statistics) and zero-padded within its batch. The caller chooses train/eval mode.
+        """
+        corpus = dataset.corpus
+        device = next(self.parameters()).device
+        starts = range(0, len(entries), batch_size)
+        if progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc="encode motions", unit="batch")
+        out = []
+        for s in starts:
+            chunk = entries[s:s + batch_size]
+            lens = [min(e.length, self.cfg.max_frames) for e in chunk]
+            x = np.zeros((len(chunk), max(lens), corpus.spec.dim), dtype=np.float32)
+            for i, e in enumerate(chunk):
+                x[i, :lens[i]] = dataset.normalize(corpus.entry_motion(e)[:lens[i]])
+            out.append(self.encode_motion(torch.from_numpy(x).to(device), torch.tensor(lens, device=device)).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.latent_dim)
+
+    @torch.no_grad()
     def momentum_keys(self, texts: Sequence[str], motion: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """k^t (B, latent_dim), k^m (B, latent_dim) from the momentum encoders (Eq. 3), L2-normalised."""
         if self.momentum_text_backbone is None:
@@ -675,28 +698,15 @@ class RetrievalDatabase:
                                  f"database split {corpus.root}/{corpus.split} is {corpus.spec.name!r}")
         was_training = retriever.training
         retriever.eval()
-        device = next(retriever.parameters()).device
-        max_t = retriever.cfg.max_frames
+        feats = retriever.encode_entries(dataset, entries, batch_size, progress)
         motion_rows, motion_ids, keys, lengths, captions, text_rows = [], [], [], [], [], []
-        it = range(0, len(entries), batch_size)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc="encode database", unit="batch")
-        for s in it:
-            chunk = entries[s:s + batch_size]
-            lens = [min(e.length, max_t) for e in chunk]
-            T = max(lens)
-            x = np.zeros((len(chunk), T, corpus.spec.dim), dtype=np.float32)
-            for i, e in enumerate(chunk):
-                x[i, :lens[i]] = dataset.normalize(corpus.entry_motion(e)[:lens[i]])
-            feats = retriever.encode_motion(torch.from_numpy(x).to(device), torch.tensor(lens, device=device)).cpu()
-            for i, e in enumerate(chunk):
-                for c in e.captions:
-                    motion_rows.append(feats[i])
-                    motion_ids.append(corpus.ids[e.motion])
-                    keys.append(e.key)
-                    lengths.append(e.length)
-                    captions.append(c.caption)
+        for e, feat in zip(entries, feats):
+            for c in e.captions:
+                motion_rows.append(feat)
+                motion_ids.append(corpus.ids[e.motion])
+                keys.append(e.key)
+                lengths.append(e.length)
+                captions.append(c.caption)
         for s in range(0, len(captions), batch_size):
             text_rows.append(retriever.encode_text(captions[s:s + batch_size]).cpu())
         retriever.train(was_training)

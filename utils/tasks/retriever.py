@@ -85,33 +85,22 @@ def check_stage_config(cfg: RetrieverStageConfig) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def embed_split(retriever: BMMRetriever, dataset: MotionTextDataset, batch_size: int = 64,
-                first_caption_only: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def embed_split(retriever: BMMRetriever, dataset: MotionTextDataset,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Text and motion embeddings of every entry of a split (deterministic: full motions, no random crop).
 
     Each entry contributes its first caption (TMR protocols: "the first annotation", reference §8) and its full
     motion, cropped to the model's max_frames. Returns (text_emb (N, D), motion_emb (N, D), captions, ids).
     """
-    corpus = dataset.corpus
-    entries = list(corpus.entries)
-    device = next(retriever.parameters()).device
+    entries = list(dataset.corpus.entries)
     was_training = retriever.training
     retriever.eval()
-    max_t = retriever.cfg.max_frames
-    t_out, m_out, captions, ids = [], [], [], []
-    for s in range(0, len(entries), batch_size):
-        chunk = entries[s:s + batch_size]
-        lens = [min(e.length, max_t) for e in chunk]
-        x = np.zeros((len(chunk), max(lens), corpus.spec.dim), dtype=np.float32)
-        for i, e in enumerate(chunk):
-            x[i, :lens[i]] = dataset.normalize(corpus.entry_motion(e)[:lens[i]])
-        caps = [e.captions[0].caption for e in chunk]
-        m_out.append(retriever.encode_motion(torch.from_numpy(x).to(device), torch.tensor(lens, device=device)).cpu())
-        t_out.append(retriever.encode_text(caps).cpu())
-        captions += caps
-        ids += [e.key for e in chunk]
+    motion = retriever.encode_entries(dataset, entries, batch_size)
+    captions = [e.captions[0].caption for e in entries]
+    text = torch.cat([retriever.encode_text(captions[s:s + batch_size]).cpu()
+                      for s in range(0, len(captions), batch_size)])
     retriever.train(was_training)
-    return torch.cat(t_out).numpy(), torch.cat(m_out).numpy(), captions, ids
+    return text.numpy(), motion.numpy(), captions, [e.key for e in entries]
 
 
 # ------------------------------------------------------------------------------------------------------------------
