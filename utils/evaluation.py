@@ -310,9 +310,8 @@ def render_markdown(report: dict) -> str:
         lines += [f"**{report['note']}**", ""]
     if report.get("dataset_note"):
         lines += [f"**{report['dataset_note']}**", ""]
-    lines += markdown_table(["metric", *cols],
-                            ([metric, *(_fmt(report["metrics"][c].get(metric)) for c in cols)] for metric in METRIC_NAMES
-                             if any(metric in report["metrics"][c] for c in cols)))
+    shown = [m for m in METRIC_NAMES if any(m in report["metrics"][c] for c in cols)]
+    lines += markdown_table(["metric", *cols], ([m, *(_fmt(report["metrics"][c].get(m)) for c in cols)] for m in shown))
     cfg = report["config"]
     extra = report.get("extra_metrics") or {}
     if extra:

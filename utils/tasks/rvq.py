@@ -134,7 +134,22 @@ class UsageMeter:
 # ----------------------------------------------------------------------------------------------------------------
 # The training task
 # ----------------------------------------------------------------------------------------------------------------
-class RVQTask(TrainTask):
+class FeatureStats:
+    """normalize / denormalize with the tokenizer's `mean`, `std` (D,) tensors, on the input's device."""
+
+    mean: Tensor
+    std: Tensor
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Raw features (..., D) → the tokenizer's normalised input."""
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """The tokenizer's normalised features (..., D) → raw features."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+
+class RVQTask(FeatureStats, TrainTask):
     """What the shared Trainer needs to train RVQVAE2D.
 
     Args:
@@ -159,9 +174,6 @@ class RVQTask(TrainTask):
                              f"{cfg.model.dataset!r}, got mean {tuple(self.mean.shape)}, std {tuple(self.std.shape)}; "
                              f"set data.dataset and model.dataset to the same value")
         self.last_val_batch: dict[str, Tensor] | None = None
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        return x * self.std.to(x.device) + self.mean.to(x.device)
 
     def training_step(self, model, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         motion = batch["motion"]                                   # (B, window, D) normalised
@@ -213,18 +225,12 @@ class RVQTask(TrainTask):
 # Loading a trained tokenizer and evaluating reconstruction
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
-class LoadedRVQ:
+class LoadedRVQ(FeatureStats):
     model: RVQVAE2D              # eval mode, on the requested device
     mean: Tensor                 # (D,) normalisation the model was trained with
     std: Tensor
     config: dict                 # the stage config of the checkpoint
     path: str
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        return x * self.std.to(x.device) + self.mean.to(x.device)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     @torch.no_grad()
     def reconstruct(self, raw: Tensor, lengths: Tensor) -> tuple[Tensor, RVQOutput, Tensor]:
