@@ -18,7 +18,7 @@ import sys
 def main(argv=None) -> int:
     from datasets.motion_dataset import build_dataset, collate
     from utils.checkpoint import load_checkpoint
-    from utils.config import save_config, stage_cli, to_dict
+    from utils.config import save_config, stage_cli
     from utils.run_dir import RunDir
     from utils.tasks.evaluator import (EvaluatorStageConfig, EvaluatorTask, check_stage_config, export_official,
                                        pretrain_movement_encoder, replace_model_dim)
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     cfg = replace_model_dim(cfg)
     check_stage_config(cfg)
     run = RunDir("evaluator", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
-    save_config(cfg, run.config_path)
+    save_config(cfg, run.config_path)      # now: the movement pre-training runs before the Trainer writes it
     seed_everything(cfg.train.seed)
     device = select_device(cfg.train.device)
 
@@ -49,8 +49,7 @@ def main(argv=None) -> int:
         if losses:
             print(f"movement encoder pre-training: reconstruction loss {losses[0]:.4f} -> {losses[-1]:.4f} "
                   f"({len(losses)} steps); encoder frozen")
-    task.model.to(device)
-    Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
+    Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
 
     ckpt = load_checkpoint(run.final_checkpoint, stage="evaluator")
     final = export_official(run.path, ckpt["model"], train_set.mean, train_set.std, cfg,

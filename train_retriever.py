@@ -17,7 +17,7 @@ from datasets.motion_dataset import build_dataset, collate
 from utils.config import load_stage_config, stage_parser
 from utils.run_dir import RunDir
 from utils.tasks.retriever import RetrieverStageConfig, RetrieverTask, build_database
-from utils.training import Trainer, configure_logging, select_device
+from utils.training import Trainer, configure_logging, seed_everything, select_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=cfg.retriever.database_batch_size)
         return 0
 
+    seed_everything(cfg.train.seed)               # the model's initial weights (the Trainer seeds again for training)
     train_set = build_dataset(cfg.data, "train", "text")
     val_set = build_dataset(cfg.data, "val", "text")
     task = RetrieverTask(cfg, val_set=val_set)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from datasets.motion_dataset import build_dataset, collate
-from utils.config import stage_cli, to_dict
+from utils.config import stage_cli
 from utils.run_dir import RunDir
 from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example
 from utils.training import Trainer, seed_everything
@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     val_set = build_dataset(cfg.data, "val", "window")
     task = RVQTask(cfg, train_set.mean, train_set.std)
     run = RunDir("rvq", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
-    metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
+    metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
     if cfg.val.render:
         png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
         if png is not None:
