@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from models.evaluator import EvaluatorConfig, T2MEvaluator
+from tests.tiny_stages import TINY_EVALUATOR_WIDTHS as SMALL
+from tests.tiny_stages import tiny_retriever_overrides, tiny_rvq_overrides
 from utils import evaluation as E
 
 D = 263
-SMALL = dict(dim_word=12, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=10, dim_coemb_hidden=6,
-             dim_movement_enc_hidden=9, dim_movement_latent=7)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
@@ -230,10 +229,9 @@ def test_eval_t2m_glove_folder_missing_a_file(mini_root, tmp_path, capsys):
 def test_eval_t2m_rvq_stage_scores_reconstructions(mini_root, tmp_path):
     import eval_t2m
     import train_rvq
-    from tests.test_rvq_training import tiny_stage_overrides
 
     train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(tmp_path), "--name", "r",
-                    *tiny_stage_overrides(mini_root, **{"train.max_steps": 2, "val.render": "false"})])
+                    *tiny_rvq_overrides(mini_root, **{"train.max_steps": 2, "val.render": "false"})])
     ckpt = tmp_path / "rvq/r/checkpoints/best.pt"
     path = _official_tiny_evaluator(tmp_path)
     rc = eval_t2m.main(["--stage", "rvq", "--runs-root", str(tmp_path / "runs"), "--name", "t",
@@ -251,10 +249,7 @@ def test_eval_t2m_retriever_stage_writes_protocol_table(mini_root, tmp_path):
     import eval_t2m
     import train_retriever
 
-    tiny = [f"data.root={mini_root}", "model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16",
-            "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16", "model.frame_pool=1",
-            "train.batch_size=8", "train.max_steps=1", "train.val_every=1", "train.ckpt_every=1",
-            "retriever.database_batch_size=16"]
+    tiny = tiny_retriever_overrides(mini_root, **{"train.max_steps": 1, "train.val_every": 1, "train.ckpt_every": 1})
     assert train_retriever.main(["--config", "configs/mini/retriever.yaml", "--runs-root", str(tmp_path),
                                  "--name", "s", *tiny]) == 0
     ckpt = tmp_path / "retriever/s/checkpoints/best.pt"

@@ -4,10 +4,7 @@ import pytest
 import torch
 
 from models import evaluator as ev
-
-SMALL = dict(dim_word=12, dim_pos_ohot=15, dim_text_hidden=8, dim_motion_hidden=10, dim_coemb_hidden=6,
-             dim_movement_enc_hidden=9, dim_movement_latent=7)
-
+from tests.tiny_stages import TINY_EVALUATOR_WIDTHS as SMALL
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.motion_dataset import (DataConfig, DatasetError, MotionCorpus, MotionTextDataset, build_dataset,
-                                     collate, crop_length, get_spec, load_stats, parse_captions)
+from datasets.motion_dataset import (DataConfig, DatasetError, MotionCorpus, build_dataset, collate,
+                                     crop_length, get_spec, load_stats, parse_captions)
 
 D = 263
 CAP = "a person walks forward#a/DET person/NOUN walk/VERB forward/ADV#0.0#0.0"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.retriever import (BMMRetriever, DatabaseMeta, RetrievalDatabase, RetrieverConfig, RetrieverError,
                               default_database_path)
+from tests.tiny_stages import tiny_retriever_overrides
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
@@ -201,10 +201,7 @@ def test_fingerprint_changes_with_weights_not_with_queues():
 def test_train_retriever_script_builds_database_and_rebuilds_with_build_db(mini_root, tmp_path, capsys):
     import train_retriever
 
-    tiny = [f"data.root={mini_root}", "model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16",
-            "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16", "model.frame_pool=1",
-            "train.batch_size=8", "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2",
-            "retriever.database_batch_size=16"]
+    tiny = tiny_retriever_overrides(mini_root)
     assert train_retriever.main(["--config", "configs/mini/retriever.yaml", "--runs-root", str(tmp_path),
                                  "--name", "s", *tiny]) == 0
     ckpt = tmp_path / "retriever" / "s" / "checkpoints" / "best.pt"

@@ -1,7 +1,6 @@
 """Tokenizer training and evaluation (utils/tasks/rvq.py, train_rvq.py): overfits, metrics, checkpoints, the CLI."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 from datasets.motion_dataset import DataConfig, build_dataset, collate
 from datasets.representation import default_target_offsets, features_to_joints, joints_to_features
 from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQVAE2D
+from tests.tiny_stages import tiny_rvq_model_cfg as tiny_model_cfg
+from tests.tiny_stages import tiny_rvq_overrides as tiny_stage_overrides
 from utils.config import load_config, to_dict
 from utils.run_dir import RunDir
 from utils.tasks.rvq import (RVQStageConfig, RVQTask, ReconstructionMeter, evaluate_reconstruction, load_rvq,
@@ -21,19 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
-
-
-def tiny_model_cfg(global_branch: bool = False) -> dict:
-    return dict(width=32, code_dim=16, nb_code=16, global_branch=global_branch, global_width=32, global_code_dim=16,
-                global_nb_code=16, dropout=0.0)
-
-
-def tiny_stage_overrides(root, **extra) -> list[str]:
-    over = [f"data.root={root}", "train.device=cpu", "train.batch_size=4", "train.max_steps=4", "train.val_every=2",
-            "train.ckpt_every=2", "train.warmup_steps=0", "val.max_batches=2"]
-    over += [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in tiny_model_cfg().items()]
-    over += [f"{k}={v}" for k, v in extra.items()]
-    return over
 
 
 # ----------------------------------------------------------------------------------------------------------------
