@@ -26,7 +26,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import random
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from utils import metrics
 from utils.atomic import atomic_write_text
 from utils.markdown import markdown_table
+from utils.training import seed_everything
 
 GenerateFn = Callable[..., tuple[Any, Any]]
 
@@ -87,13 +87,6 @@ class EvaluationError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-def seed_replication(seed: int) -> None:
-    """Seed python, numpy and torch global generators (the dataset's per-item sampling uses them)."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
 
 def _accepts_multimodality(fn: Callable) -> bool:
     try:
@@ -188,7 +181,7 @@ def _check_sizes(n_items: int, cfg: EvalConfig) -> int:
 # ------------------------------------------------------------------------------------------------ one replication
 
 def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt: bool) -> dict[str, dict]:
-    seed_replication(seed)
+    seed_everything(seed)                # python / numpy / torch: the dataset's per-item sampling uses them
     gen_loader = torch.Generator().manual_seed(seed)
     loader = DataLoader(emb.eval_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         collate_fn=collate_fn, num_workers=cfg.num_workers, generator=gen_loader)
