@@ -32,9 +32,10 @@ from torch import nn
 
 from datasets.motion_dataset import DataConfig
 from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementConvDecoder, MovementConvEncoder,
-                              TextEncoderBiGRUCo, build_encoders, dim_pose_of, write_opt_txt)
+                              TextEncoderBiGRUCo, build_encoders, dim_pose_of, evaluator_state, write_opt_txt)
 from utils import metrics
 from utils.atomic import atomic_open
+from utils.checkpoint import load_model_state
 from utils.training import TrainConfig, TrainTask, move_to_device
 
 log = logging.getLogger(__name__)
@@ -262,19 +263,13 @@ def export_official(run_path: str | os.PathLike, model_state: dict, mean: np.nda
     root = official_dir(run_path)
     (root / "model").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
-    ckpt: dict = {}
-    for key in ("text_encoder", "motion_encoder", "movement_encoder"):
-        prefix = key + "."
-        sub = {k[len(prefix):]: v.detach().cpu().clone() for k, v in model_state.items() if k.startswith(prefix)}
-        if not sub:
-            raise ValueError(f"utils/tasks/evaluator.py: model state has no '{prefix}*' parameters")
-        ckpt[key] = sub
+    model = EvaluatorModel(cfg.model)
+    load_model_state(model, model_state, f"{run_path} (EvaluatorModel state)")
     # The official file also stores the two Adam states; ours has one optimizer over all encoders, saved under
     # opt_text_encoder (opt_motion_encoder left empty). Loaders ignore both.
-    ckpt["opt_text_encoder"] = optimizer_state or {}
-    ckpt["opt_motion_encoder"] = {}
-    ckpt["epoch"] = int(epoch)
-    ckpt["iter"] = int(iteration)
+    ckpt = evaluator_state(model.text_encoder, model.motion_encoder, model.movement_encoder,
+                           opt_text_encoder=optimizer_state or {}, opt_motion_encoder={}, epoch=int(epoch),
+                           iter=int(iteration))
     for name, arr in (("mean.npy", mean), ("std.npy", std)):
         with atomic_open(root / "meta" / name, "wb") as f:
             np.save(f, np.asarray(arr, np.float32))
