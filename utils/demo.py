@@ -2,9 +2,10 @@
 
     python -m utils.demo --data data/mini [--name demo] [--runs-root runs]
 
-Each stage runs its own training script as a subprocess with its mini config (exactly the command a user would
+Each stage runs its own script as a subprocess with its mini config (exactly the command a user would
 type, printed before it runs), so the demo exercises the real entry points. Stages that are not implemented yet
-(the generator stages) are listed and skipped. The demo ends by printing where its outputs are.
+(the generator stages) are listed and skipped. The evaluations use 5 replications instead of the protocol's 20 to
+keep the demo short; their reports say so. The demo ends by printing where its outputs are.
 """
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def demo_steps(data: str, name: str, runs: str) -> list[Step]:
              ("--config", "configs/mini/rvq.yaml", *common), "{runs}/rvq/{name}"),
         Step("retriever (train_retriever.py)", "train_retriever.py",
              ("--config", "configs/mini/retriever.yaml", *common), "{runs}/retriever/{name}"),
+        *(Step(f"evaluation: {stage} (eval_t2m.py)", "eval_t2m.py",
+               ("--config", "configs/mini/eval.yaml", "--stage", stage, "--name", name, "--runs-root", runs,
+                "--replications", "5",
+                f"data.root={data}", f"evaluator.path={runs}/evaluator/{name}/text_mot_match/model/finest.tar",
+                f"checkpoints.rvq={runs}/rvq/{name}/checkpoints/best.pt",
+                f"checkpoints.retriever={runs}/retriever/{name}/checkpoints/best.pt"),
+               f"{{runs}}/eval/{{name}}/{stage}/eval.md")
+          for stage in ("gt", "rvq", "retriever")),
     ]
 
 
