@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.representation import feature_dim, num_joints
 from utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ class DatasetSpec:
 
 
 SPECS: dict[str, DatasetSpec] = {
-    "t2m": DatasetSpec("t2m", dim=263, joints=22, fps=20.0, min_length=40),   # reference §1.1, §1.3
-    "kit": DatasetSpec("kit", dim=251, joints=21, fps=12.5, min_length=24),   # reference §1.1, §1.3
+    # reference §1.1, §1.3; D (263 / 251) and J (22 / 21) as datasets.representation defines them
+    "t2m": DatasetSpec("t2m", dim=feature_dim("t2m"), joints=num_joints("t2m"), fps=20.0, min_length=40),
+    "kit": DatasetSpec("kit", dim=feature_dim("kit"), joints=num_joints("kit"), fps=12.5, min_length=24),
 }
 
 

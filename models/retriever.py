@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datasets.representation import feature_dim, num_joints
 from models.text_encoders import TextTower, build_text_encoder, check_texts, momentum_copy
 from utils.atomic import atomic_open
 
@@ -138,12 +139,6 @@ PART_JOINTS: dict[str, dict[str, tuple[int, ...]]] = {
     "kit": {"r_leg": (11, 12, 13, 14, 15), "l_leg": (16, 17, 18, 19, 20), "backbone": (1, 2, 3, 4),
             "r_arm": (3, 5, 6, 7), "l_arm": (3, 8, 9, 10)},
 }
-NUM_JOINTS = {"t2m": 22, "kit": 21}
-
-
-def feature_dim(dataset: str) -> int:
-    """D = 12J - 1 (reference §2.1): 263 for t2m, 251 for kit."""
-    return 12 * NUM_JOINTS[dataset] - 1
 
 
 def joint_feature_indices(j: int, num_joints: int) -> list[int]:
@@ -159,7 +154,7 @@ def part_feature_indices(dataset: str = "t2m") -> dict[str, list[int]]:
     """Index sets of the six parts into the D-vector, in PART_NAMES order (reference §6.3)."""
     if dataset not in PART_JOINTS:
         raise RetrieverError(f"{_MOD}: argument 'dataset' must be one of {sorted(PART_JOINTS)}, got {dataset!r}")
-    J = NUM_JOINTS[dataset]
+    J = num_joints(dataset)
     D = feature_dim(dataset)
     root_vel = list(range(4 + 9 * (J - 1), 4 + 9 * (J - 1) + 3))
     out = {"root": [0, 1, 2, 3] + root_vel}

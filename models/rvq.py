@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datasets.representation import feature_dim, num_joints
 from models.quantizer import ResidualVQ
 
-# Dataset geometry (reference.md §1.3, §2.1): feature width D and joint count J.
-DATASET_DIMS = {"t2m": (263, 22), "kit": (251, 21)}
+# Dataset geometry (reference.md §1.3, §2.1): feature width D and joint count J, as datasets.representation says.
+DATASET_DIMS = {ds: (feature_dim(ds), num_joints(ds)) for ds in ("t2m", "kit")}
 JOINT_CHANNELS = 12      # reference.md §5.3: ric 3 + rot6d 6 + local velocity 3
 PADDED_JOINTS = 24       # reference.md §5.3: 22 → 24 ([pad, 0..21, pad]); KIT 21 → 24 ([pad, 0..20, pad, pad])
 
