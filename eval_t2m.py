@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets.motion_dataset import DataConfig
+from utils.config import to_dict
 from utils.evaluation import EvalConfig
 
 STAGES = ("gt", "rvq", "retriever", "t2m")
@@ -110,7 +111,7 @@ def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     ecfg = dataclasses.replace(_deterministic(cfg.eval), mask_beyond_length=True)   # exactly the GT path
     report = evaluate_t2m(ground_truth, eval_set, evaluator, ecfg, label="ground truth (as generation)")
     report["requested_config"] = asdict(cfg.eval)
-    write_report(report, out_dir, stage="gt", checkpoints={}, run_config=_plain(cfg), split=cfg.split,
+    write_report(report, out_dir, stage="gt", checkpoints={}, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
     return report
 
@@ -137,7 +138,7 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
     report["requested_config"] = asdict(cfg.eval)
     recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=evaluator, device=device)
-    write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=_plain(cfg), split=cfg.split,
+    write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg), extra_metrics=recon)
     return report
 
@@ -149,14 +150,9 @@ def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     ckpt = _checkpoint(cfg.checkpoints.retriever, "retriever", args)
     result = evaluate_retriever(ckpt, cfg.data, split=cfg.split, protocols=tuple(cfg.retrieval_protocols),
                                 device=str(device))
-    write_table_report(result, out_dir, stage="retriever", checkpoints={"retriever": ckpt}, run_config=_plain(cfg),
+    write_table_report(result, out_dir, stage="retriever", checkpoints={"retriever": ckpt}, run_config=to_dict(cfg),
                        split=cfg.split, dataset_note=_dataset_note(cfg))
     return result
-
-
-def _plain(cfg) -> dict:
-    from utils.config import to_dict
-    return to_dict(cfg)
 
 
 def _dataset_note(cfg: EvalStageConfig) -> str:
