@@ -41,3 +41,12 @@ def test_bad_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_block_that_writes_nothing_fails_and_keeps_the_target(tmp_path):
+    target = tmp_path / "a.png"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(target):
+            pass                                  # the writer never created the temp file
+    assert target.read_bytes() == b"old"

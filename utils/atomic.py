@@ -19,15 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Iterator
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -44,7 +38,7 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: str) -> None:
+def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,22 +48,22 @@ def _fsync_file(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path` (same suffix); when the block ends without error, move it onto `path`.
+    """Yield a fresh temp path beside `path` (same suffix) for the block to create; when the block ends without
+    error, move it onto `path`.
 
-    The target's folder is created if needed. On an exception the temp file is removed and `path` is untouched.
+    The target's folder is created if needed. The temp file is created by the writer, so it gets the permissions of
+    a plain `open`. On an exception the temp file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}"
     try:
-        yield Path(tmp)
+        yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
     fsync_dir(path.parent)
 
 
@@ -81,7 +75,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     if mode == "w" and encoding is None:
         encoding = "utf-8"
     with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=encoding) as f:
+        with open(tmp, mode.replace("w", "x"), encoding=encoding) as f:     # "x": never an existing file
             yield f
 
 
