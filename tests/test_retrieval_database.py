@@ -208,7 +208,9 @@ def test_train_retriever_script_builds_database_and_rebuilds_with_build_db(mini_
     db_path = default_database_path(ckpt)
     first = RetrievalDatabase.load(db_path, dataset="t2m")
     db_path.unlink()
-    assert train_retriever.main(["--build-db", str(ckpt), "--config", "configs/mini/retriever.yaml", *tiny]) == 0
+    # the run dir exists: --build-db trains nothing, so it must not be refused for lack of --resume / --overwrite
+    assert train_retriever.main(["--build-db", str(ckpt), "--config", "configs/mini/retriever.yaml", "--runs-root",
+                                 str(tmp_path), "--name", "s", *tiny]) == 0
     again = RetrievalDatabase.load(db_path, dataset="t2m", fingerprint=first.meta.retriever_fingerprint)
     assert again.motion_ids == first.motion_ids
     torch.testing.assert_close(again.motion_feats, first.motion_feats)
