@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.motion_dataset import DataConfig, MotionCorpus, build_dataset, collate
+from utils.atomic import atomic_write_text
 
 WORDS = ["walk", "run", "jump", "turn", "wave", "sit", "kick", "squat", "spin", "stand"]
 
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
     print(f"| one epoch, text mode, batch {args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} thread(s) | {t_epoch:.1f} s "
           f"({result['items_per_s']:.0f} items/s) |")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if tmp is not None:
         del loader, ds, corpus
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import torch
 
 from models.retriever import BMMRetriever, DatabaseMeta, RetrievalDatabase, RetrieverConfig
+from utils.atomic import atomic_write_text
 
 
 def simulated_database(entries: int, captions: int, dim: int = 512, seed: int = 0,
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cuda_max_memory_gib" in results:
             print(f"| peak CUDA memory | {results['cuda_max_memory_gib']:.1f} GiB |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQVAE2D
+from utils.atomic import atomic_write_text
 
 
 def _sync(device: torch.device) -> None:
@@ -161,7 +162,7 @@ def main(argv=None) -> dict:
                   f"{r['root_err_mm']:.1f} | {r['feature_l1']:.4f} | {r['used_min_joint']:.2f}{g} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_rvq.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "bench_rvq.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
