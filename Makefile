@@ -23,7 +23,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-$(MINI)/train.txt: $(STAMP)
+$(MINI)/train.txt: | $(STAMP)
 	$(PY) -m datasets.mini --out $(MINI) --workers 2
 
 demo: $(STAMP) $(MINI)/train.txt
