@@ -1,6 +1,7 @@
 """datasets.representation: the standard extraction (reference.md §2.4), its inverse (§2.5), joint format (§6.1)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,3 +344,20 @@ def test_degenerate_pose_raises_instead_of_returning_nan():
     """A bone exactly opposite its rest direction (here: a body turned exactly 180°) has no shortest arc."""
     with pytest.raises(ValueError, match=r"positions: the extraction produced NaN.*opposite"):
         rep.joints_to_features(standing(4) @ yaw(math.pi).T.round(), T2M_OFFSETS)
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden_climb1_up_60_t2m_features.npy"
+
+
+def test_features_of_a_real_clip_match_the_golden_reference_values(real_motion_dir):
+    """Regression pin: the first 60 frames of `climb1_up` give the stored (59, 263) features.
+
+    The golden file was written by this code on 2026-11-30 and checked bit-for-bit (max |diff| 0.0) against an
+    independent re-implementation of HumanML3D's `process_file` written for the audit (frame-0 root rotation reset
+    to identity, reference.md §2.4). Any drift in the extraction (order of operations, quirks, dtypes) shows here.
+    """
+    joints = np.load(real_motion_dir / "joints" / "climb1_up.npy")[:60]
+    feats = rep.joints_to_features(joints, T2M_OFFSETS)
+    golden = np.load(GOLDEN)
+    assert feats.shape == golden.shape == (59, 263)
+    np.testing.assert_allclose(feats, golden, rtol=0, atol=1e-5)
