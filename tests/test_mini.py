@@ -217,3 +217,15 @@ def test_no_pose_snaps_in_in_place_actions(mini_root, family):
         j = np.load(mini_root / "new_joints" / f"{i}.npy").astype(np.float64)
         accel = np.linalg.norm(np.diff(j, 2, axis=0), axis=-1) * 20 ** 2       # m/s^2
         assert accel.max() < 120.0, (i, float(accel.max()))
+
+
+def test_preview_draws_one_row_per_family(mini_root, tmp_path):
+    from PIL import Image
+
+    out = mini.write_preview(mini_root, tmp_path / "sheet.png", per_family=1)
+    with Image.open(out) as img:
+        width, height = img.size
+    families = len(set(mini.FAMILY_CYCLE))
+    assert families >= 12
+    # utils.plot.plot_contact_sheet: 6 columns of 1.7 in and rows of 2.3 in at 80 dpi
+    assert (width, height) == (round(6 * 1.7 * 80), round(families * 2.3 * 80))

@@ -144,3 +144,19 @@ def test_cli_renders_features_and_joints_files(tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((20, 100)))
     with pytest.raises(ValueError, match=r"bad\.npy: expected joints \(T, J, 3\) or features \(T, 263\)"):
         plot.main([str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")])
+
+
+def test_follow_limits_centre_each_frame_on_the_root_with_one_width():
+    # two joints: the root walks 0 -> 3 m along the axis at height 1; a hand reaches 0.5 m ahead of it at height 1.5
+    T = 4
+    proj = np.zeros((T, 2, 2))
+    proj[:, 0, 0] = np.arange(T)
+    proj[:, 0, 1] = 1.0
+    proj[:, 1, 0] = np.arange(T) + 0.5
+    proj[:, 1, 1] = 1.5
+    xlims, ylim = plot.follow_limits(proj, margin=0.1, min_half_width=0.2)
+    np.testing.assert_allclose(xlims, np.stack([np.arange(T) - 0.55, np.arange(T) + 0.55], axis=-1))
+    # heights 0 (floor always shown) .. 1.5, padded by 10 % of 1.5; the 3 m of travel does not stretch them
+    np.testing.assert_allclose(ylim, (-0.15, 1.65))
+    xlims, _ = plot.follow_limits(proj, margin=0.1, min_half_width=1.0)
+    np.testing.assert_allclose(xlims[:, 1] - xlims[:, 0], 2.0)

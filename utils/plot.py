@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -100,6 +101,26 @@ def _limits(proj: np.ndarray, margin: float = 0.15) -> tuple[tuple[float, float]
     return (lo[0] - pad, hi[0] + pad), (lo[1] - pad, hi[1] + pad)
 
 
+def follow_limits(proj: np.ndarray, margin: float = 0.15, min_half_width: float = 0.6) -> tuple[np.ndarray, tuple[float, float]]:
+    """Per-frame horizontal windows that follow the root, all of one width, and one vertical range.
+
+    A travelling motion drawn in one fixed window shrinks the figure to a few pixels; a window centred on each
+    frame's root keeps the body large while the tick labels still show where along the path it is.
+
+    Args:
+        proj: (T, J, 2) projected joints (position along the axis, height)
+    Returns:
+        xlims (T, 2) per-frame (left, right), and the shared (bottom, top)
+    """
+    root_x = proj[:, 0, 0]
+    reach = np.abs(proj[..., 0] - root_x[:, None]).max()
+    lo, hi = min(proj[..., 1].min(), 0.0), proj[..., 1].max()       # always show the floor
+    pad = margin * max(hi - lo, 1e-3)
+    ylim = (lo - pad, hi + pad)
+    half = max(reach * (1.0 + margin), min_half_width)
+    return np.stack([root_x - half, root_x + half], axis=-1), ylim
+
+
 def _draw_pose(ax, pose2d: np.ndarray, dataset: str, lw: float = 2.0) -> list:
     lines = []
     for chain, color in _chain_colors(dataset):
@@ -138,11 +159,10 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
     for r, joints in enumerate(motions):
         axis = side_view_axis(joints, dataset)
         proj = _project(joints, axis)
-        xlim, ylim = _limits(proj)
+        xlims, ylim = follow_limits(proj)
         idx = np.unique(np.linspace(0, len(joints) - 1, frames).round().astype(int))
         for c in range(frames):
             ax = axes[r, c]
-            ax.set_xlim(*xlim)
             ax.set_ylim(*ylim)
             ax.set_aspect("equal")
             ax.tick_params(labelsize=6)
@@ -150,6 +170,7 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
                 ax.axis("off")
                 continue
             t = idx[c]
+            ax.set_xlim(*xlims[t])
             ax.axhline(0.0, color=GROUND_COLOR, lw=1.0, zorder=0)
             ax.plot(proj[:, 0, 0], np.zeros(len(proj)), color=GROUND_COLOR, lw=3.0, alpha=0.4, zorder=0)
             _draw_pose(ax, proj[t], dataset)
@@ -157,10 +178,11 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
             if c > 0:
                 ax.set_yticklabels([])
         label = titles[r] if titles is not None else f"motion {r}"
-        axes[r, 0].set_ylabel(f"{label}\n({len(joints)} frames)", fontsize=8)
-    fig.suptitle("side view along the main direction of travel; red = left, blue = right, black = spine",
+        axes[r, 0].set_ylabel(f"{textwrap.fill(label, 30)}\n({len(joints)} frames)", fontsize=7)
+    fig.suptitle("side view along the main direction of travel, window following the root; "
+                 "red = left, blue = right, black = spine, grey = root path",
                  fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
