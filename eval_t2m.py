@@ -11,6 +11,10 @@ config, checkpoint and evaluator paths, seeds). The evaluator defaults to the of
 `checkpoints/<t2m|kit>/text_mot_match/model/finest.tar`; the mini config points at the one `train_evaluator.py`
 trains (`runs/evaluator/mini/text_mot_match/model/finest.tar`). Numbers from the mini dataset or from our own
 evaluator are not comparable to published tables.
+
+`--stage rvq` without an evaluator file (the path does not exist) still reports MPJPE and the other reconstruction
+numbers; the report says that FID / R-precision were skipped and why. A file that exists but cannot be loaded is an
+error (exit 1). Out-of-range eval.* settings (e.g. --replications 0) are refused before anything loads (exit 2).
 """
 from __future__ import annotations
 
@@ -75,11 +79,14 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
     return cfg, args
 
 
+def evaluator_path(cfg: EvalStageConfig) -> str:
+    return cfg.evaluator.path or default_evaluator_path(cfg.data.dataset)
+
+
 def load_evaluator(cfg: EvalStageConfig, device):
     from models.evaluator import load_official_evaluator
 
-    path = cfg.evaluator.path or default_evaluator_path(cfg.data.dataset)
-    return load_official_evaluator(path, dataset=cfg.data.dataset, device=device,
+    return load_official_evaluator(evaluator_path(cfg), dataset=cfg.data.dataset, device=device,
                                    meta_dir=cfg.evaluator.meta_dir or None)
 
 
@@ -118,14 +125,29 @@ def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
 
 def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     """The standard metrics with RVQ-VAE reconstructions as the generation, plus the tokenizer's own
-    reconstruction numbers (`utils.tasks.rvq.evaluate_reconstruction`: MPJPE, feature L1, code usage)."""
+    reconstruction numbers (`utils.tasks.rvq.evaluate_reconstruction`: MPJPE, feature L1, code usage).
+
+    Without an evaluator file (the path does not exist) only the tokenizer's own numbers are reported, and the
+    report says that FID / R-precision / MM-Dist / Diversity were skipped and why. An evaluator file that exists but
+    cannot be loaded (truncated, other dataset, ...) is an error."""
     import torch
 
     from datasets.motion_dataset import build_dataset
-    from utils.evaluation import evaluate_t2m, write_report
+    from utils.evaluation import evaluate_t2m, evaluator_skipped_report, write_report
     from utils.tasks.rvq import evaluate_reconstruction, load_rvq
 
     ckpt = _checkpoint(cfg.checkpoints.rvq, "rvq", args)
+    ev_path = evaluator_path(cfg)
+    if not Path(ev_path).exists():
+        reason = (f"FID, R-precision, MM-Dist and Diversity skipped because the evaluator checkpoint {ev_path} does "
+                  f"not exist (set evaluator.path=<finest.tar> or train one with train_evaluator.py); MPJPE and "
+                  f"the other reconstruction numbers need no evaluator")
+        print(f"eval_t2m.py: {reason}", file=sys.stderr)
+        report = evaluator_skipped_report(cfg.eval, reason, label="rvq reconstruction")
+        recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=None, device=device)
+        write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
+                     split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)
+        return report
     evaluator = load_evaluator(cfg, device)
     tok = load_rvq(ckpt, device)
     eval_set = build_dataset(cfg.data, cfg.split, "eval")
@@ -168,6 +190,13 @@ def main(argv=None) -> int:
         print("eval_t2m.py: --stage t2m evaluates the full generator (mask + residual transformers), which is not "
               "implemented yet (later issues); available stages: gt, rvq, retriever", file=sys.stderr)
         return 2
+    if args.stage in ("gt", "rvq"):                 # the stages that read the eval.* settings
+        from utils.evaluation import EvalConfigError
+        try:
+            cfg.eval.validate()                     # as requested, before any model or data is loaded
+        except EvalConfigError as e:
+            print(f"eval_t2m.py: {e}", file=sys.stderr)
+            return 2
     from utils.training import select_device
 
     device = select_device(cfg.device)

@@ -158,6 +158,54 @@ def test_reference_protocol_flag():
     assert E.EvalConfig(mm_mode="off").is_reference_protocol()       # GT / reconstructions have no MM
 
 
+BAD_SETTINGS = [
+    (dict(replications=0), r"eval\.replications \(--replications\) must be an integer >= 1 .*got 0$"),
+    (dict(diversity_times=0), r"eval\.diversity_times must be an integer >= 1 \(pairs drawn for Diversity.*got 0$"),
+    (dict(mm_batches=0), r"eval\.mm_batches must be an integer >= 1 in mm_mode 'momask'.*eval\.mm_mode=off.*got 0$"),
+    (dict(mm_mode="t2m", mm_num_texts=0), r"eval\.mm_num_texts must be an integer >= 1 in mm_mode 't2m'.*got 0$"),
+    (dict(mm_times=0), r"eval\.mm_times must be an integer >= 1 .*got 0$"),
+    (dict(mm_repeats=5, mm_times=10), r"eval\.mm_repeats must be >= eval\.mm_times=10 .*got 5$"),
+    (dict(batch_size=2), r"eval\.batch_size must be >= eval\.top_k=3: R-precision ranks .*got 2$"),
+    (dict(top_k=0), r"eval\.top_k must be an integer >= 1 .*got 0$"),
+    (dict(mm_mode="sometimes"), r"eval\.mm_mode must be 'momask', 't2m' or 'off', got 'sometimes'$"),
+]
+
+
+@pytest.mark.parametrize("kw, message", BAD_SETTINGS)
+def test_out_of_range_settings_fail_before_any_generation(setup, kw, message):
+    data, ev = setup
+    calls = []
+
+    def generate(batch):
+        calls.append(1)
+        return data.denormalize(batch["motion"]), batch["length"]
+
+    with pytest.raises(E.EvalConfigError, match=message):
+        E.evaluate_t2m(generate, data, ev, E.EvalConfig(**kw), collate_fn=collate, progress=False)
+    assert calls == []                                   # refused up front, not partway through
+
+
+def test_multimodality_settings_are_not_checked_when_it_is_off():
+    cfg = E.EvalConfig(mm_mode="off", mm_batches=0, mm_times=0, mm_repeats=0, mm_num_texts=0)
+    assert cfg.validate() is cfg
+    assert E.EvalConfig().validate().replications == 20
+
+
+def test_fast_mode_still_validates_the_requested_settings():
+    with pytest.raises(E.EvalConfigError, match="eval.diversity_times"):
+        E.EvalConfig(fast=True, diversity_times=0).validate()
+
+
+def test_report_without_evaluator_metrics_renders_the_reason(tmp_path):
+    rep = E.evaluator_skipped_report(E.EvalConfig(), "FID skipped because /x/finest.tar does not exist", label="rvq")
+    js, md = E.write_report(rep, tmp_path, stage="rvq", extra_metrics={"mpjpe_mm": 12.5})
+    text = md.read_text()
+    assert "**Skipped: FID skipped because /x/finest.tar does not exist**" in text
+    assert "- mpjpe_mm: 12.5" in text and "| metric |" not in text and "replications" not in text.split("##")[0]
+    assert json.loads(js.read_text())["skipped"] == "FID skipped because /x/finest.tar does not exist"
+    assert E.summary_line(rep) == "no evaluator metrics: FID skipped because /x/finest.tar does not exist"
+
+
 # ------------------------------------------------------------------------------------------------ eval_t2m.py
 
 def _official_tiny_evaluator(root):
@@ -190,6 +238,28 @@ def test_eval_t2m_generator_stage_is_not_implemented(capsys):
 
     assert eval_t2m.main(["--stage", "t2m"]) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--replications", "0"], "eval.replications (--replications) must be an integer >= 1"),
+    (["--replications", "-3"], "eval.replications (--replications) must be an integer >= 1"),
+    (["eval.diversity_times=0"], "eval.diversity_times must be an integer >= 1"),
+    (["eval.mm_batches=0"], "eval.mm_batches must be an integer >= 1 in mm_mode 'momask'"),
+    (["eval.batch_size=2"], "eval.batch_size must be >= eval.top_k=3"),
+])
+@pytest.mark.parametrize("stage", ["gt", "rvq"])
+def test_eval_t2m_bad_settings_are_a_one_line_error(tmp_path, capsys, stage, flags, message):
+    import eval_t2m
+
+    # nothing exists under tmp_path: the settings are checked before any checkpoint, evaluator or data is looked at
+    rc = eval_t2m.main(["--stage", stage, "--runs-root", str(tmp_path), f"data.root={tmp_path}/no_data",
+                        f"evaluator.path={tmp_path}/none.tar", f"checkpoints.rvq={tmp_path}/none.pt",
+                        "device=cpu", *flags])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eval_t2m.py: utils/evaluation.py: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_eval_t2m_missing_evaluator_says_what_is_expected(mini_root, tmp_path, capsys):
@@ -226,13 +296,23 @@ def test_eval_t2m_glove_folder_missing_a_file(mini_root, tmp_path, capsys):
     assert rc == 1 and "missing our_vab_idx.pkl" in capsys.readouterr().err
 
 
-def test_eval_t2m_rvq_stage_scores_reconstructions(mini_root, tmp_path):
-    import eval_t2m
+@pytest.fixture(scope="module")
+def tiny_rvq_ckpt(mini_root, tmp_path_factory):
+    """A 2-step tiny RVQ checkpoint trained once for the eval_t2m rvq tests."""
     import train_rvq
 
-    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(tmp_path), "--name", "r",
+    root = tmp_path_factory.mktemp("rvq_runs")
+    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(root), "--name", "r",
                     *tiny_rvq_overrides(mini_root, **{"train.max_steps": 2, "val.render": "false"})])
-    ckpt = tmp_path / "rvq/r/checkpoints/best.pt"
+    ckpt = root / "rvq/r/checkpoints/best.pt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+def test_eval_t2m_rvq_stage_scores_reconstructions(mini_root, tmp_path, tiny_rvq_ckpt):
+    import eval_t2m
+
+    ckpt = tiny_rvq_ckpt
     path = _official_tiny_evaluator(tmp_path)
     rc = eval_t2m.main(["--stage", "rvq", "--runs-root", str(tmp_path / "runs"), "--name", "t",
                         f"data.root={mini_root}", f"evaluator.path={path}", f"checkpoints.rvq={ckpt}",
@@ -243,6 +323,45 @@ def test_eval_t2m_rvq_stage_scores_reconstructions(mini_root, tmp_path):
     assert gen["FID"]["mean"] > 0 and rep["checkpoints"] == {"rvq": str(ckpt)}
     assert "mpjpe_mm" in rep["extra_metrics"]
     assert "mpjpe_mm" in (tmp_path / "runs/eval/t/rvq/eval.md").read_text()
+
+
+def test_eval_t2m_rvq_stage_without_evaluator_reports_mpjpe_only(mini_root, tmp_path, tiny_rvq_ckpt, capsys):
+    import eval_t2m
+
+    missing = tmp_path / "nope/text_mot_match/model/finest.tar"
+    rc = eval_t2m.main(["--stage", "rvq", "--runs-root", str(tmp_path / "runs"), "--name", "t",
+                        f"data.root={mini_root}", f"evaluator.path={missing}", f"checkpoints.rvq={tiny_rvq_ckpt}",
+                        "eval.batch_size=4", "eval.diversity_times=4", "eval.replications=2", "device=cpu"])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert f"skipped because the evaluator checkpoint {missing} does not exist" in out.err
+    rep = json.loads((tmp_path / "runs/eval/t/rvq/eval.json").read_text())
+    extra = rep["extra_metrics"]
+    assert extra["mpjpe_mm"] > 0 and np.isfinite(extra["mpjpe_mm"]) and "feature_l1" in extra
+    assert "fid" not in extra and rep["metrics"] == {}                 # no FID / R-precision of any kind
+    assert rep["skipped"].startswith("FID, R-precision, MM-Dist and Diversity skipped")
+    assert str(missing) in rep["skipped"] and rep["checkpoints"] == {"rvq": str(tiny_rvq_ckpt)}
+    assert not rep["comparable_protocol"]
+    md = (tmp_path / "runs/eval/t/rvq/eval.md").read_text()
+    assert f"**Skipped: FID, R-precision, MM-Dist and Diversity skipped because the evaluator checkpoint {missing} " \
+           f"does not exist" in md
+    assert "- mpjpe_mm: " in md and "| FID |" not in md and "R_precision" not in md
+    assert "- evaluator: `none`" in md
+    assert "mpjpe_mm" in out.out                                        # main prints eval.md
+
+
+def test_eval_t2m_rvq_stage_corrupt_evaluator_is_an_error(mini_root, tmp_path, tiny_rvq_ckpt, capsys):
+    import eval_t2m
+
+    bad = tmp_path / "finest.tar"
+    bad.write_bytes(b"PK\x03\x04truncated")
+    rc = eval_t2m.main(["--stage", "rvq", "--runs-root", str(tmp_path / "runs"), "--name", "t",
+                        f"data.root={mini_root}", f"evaluator.path={bad}", f"checkpoints.rvq={tiny_rvq_ckpt}",
+                        "device=cpu"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"could not read evaluator checkpoint {bad}" in err and "truncated" in err
+    assert not (tmp_path / "runs/eval/t/rvq/eval.json").exists()
 
 
 def test_eval_t2m_retriever_stage_writes_protocol_table(mini_root, tmp_path):

@@ -127,3 +127,84 @@ def test_mean_ci_formula():
     assert mean == 2.5
     assert conf == pytest.approx(1.96 * np.sqrt(1.25) / 2.0)     # population std sqrt(1.25), sqrt(n) = 2
     assert metrics.mean_ci([7.0]) == (7.0, 0.0)
+
+
+def test_mean_ci_two_dimensional_is_per_column():
+    # R = 4 replications (rows) of K = 3 metrics (columns)
+    values = np.array([[1.0, 10.0, 5.0],
+                       [2.0, 10.0, 5.0],
+                       [3.0, 14.0, 5.0],
+                       [4.0, 14.0, 5.0]])
+    mean, conf = metrics.mean_ci(values)
+    assert mean.shape == (3,) and conf.shape == (3,)
+    np.testing.assert_allclose(mean, [2.5, 12.0, 5.0])
+    # population std per column: sqrt(1.25), 2, 0; sqrt(R) = 2
+    np.testing.assert_allclose(conf, [1.96 * np.sqrt(1.25) / 2.0, 1.96 * 2.0 / 2.0, 0.0])
+    # a column equals the 1-D result on that column
+    assert metrics.mean_ci(values[:, 0]) == (pytest.approx(mean[0]), pytest.approx(conf[0]))
+    # one replication of K metrics: the values themselves, conf 0
+    m1, c1 = metrics.mean_ci([[3.0, 4.0]])
+    np.testing.assert_array_equal(m1, [3.0, 4.0])
+    np.testing.assert_array_equal(c1, [0.0, 0.0])
+
+
+def test_mean_ci_rejects_empty_and_3d():
+    with pytest.raises(ValueError, match="got no values"):
+        metrics.mean_ci([])
+    with pytest.raises(ValueError, match=r"takes \(R,\) or \(R, K\) values, got shape \(2, 2, 2\)"):
+        metrics.mean_ci(np.zeros((2, 2, 2)))
+
+
+def test_fid_is_clamped_at_zero():
+    # identical statistics: the exact answer is 0; round-off may land on either side, never below 0
+    rng = np.random.default_rng(7)
+    emb = rng.normal(size=(64, 24)) @ rng.normal(size=(24, 24))
+    for _ in range(3):
+        value = metrics.fid(emb, emb.copy())
+        assert value >= 0.0 and np.copysign(1.0, value) == 1.0      # not -0.0 either
+        assert value == pytest.approx(0.0, abs=1e-6)
+        emb = emb * 1.0001
+
+
+def test_fid_clamps_negative_round_off(monkeypatch):
+    # a square root whose trace slightly exceeds (tr S1 + tr S2) / 2 gives a tiny negative sum: clamped to 0.0
+    s = np.eye(3)
+    monkeypatch.setattr(metrics.linalg, "sqrtm", lambda m: m * (1.0 + 1e-12))
+    raw = 0.0 + 3.0 + 3.0 - 2.0 * 3.0 * (1.0 + 1e-12)
+    assert raw < 0
+    value = metrics.frechet_distance(np.zeros(3), s, np.zeros(3), s)
+    assert value == 0.0 and np.copysign(1.0, value) == 1.0
+
+
+def test_frechet_large_imaginary_square_root_is_an_error():
+    # an indefinite "covariance": sigma1 @ sigma2 = diag(-1, 1), whose square root is diag(i, 1) (imaginary part 1)
+    s1, s2 = np.diag([-1.0, 1.0]), np.eye(2)
+    with pytest.raises(ValueError, match=r"large imaginary component \(max \|imag\| on the diagonal 1 > 1e-3\)"):
+        metrics.frechet_distance(np.zeros(2), s1, np.zeros(2), s2)
+
+
+def test_fid_large_imaginary_square_root_from_sqrtm_is_an_error(monkeypatch):
+    def complex_sqrtm(m):
+        return np.asarray(m, dtype=np.complex128) + np.diag([0.0, 0.5j, 0.0])
+
+    monkeypatch.setattr(metrics.linalg, "sqrtm", complex_sqrtm)
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match=r"max \|imag\| on the diagonal 0\.5 > 1e-3.*ill-conditioned"):
+        metrics.fid(rng.normal(size=(20, 3)), rng.normal(size=(20, 3)))
+
+
+def test_fid_small_imaginary_part_is_dropped(monkeypatch):
+    # imaginary round-off below 1e-3 is ignored and the real part is used
+    monkeypatch.setattr(metrics.linalg, "sqrtm", lambda m: np.asarray(m, np.complex128) + 1e-5j * np.eye(2))
+    s1, s2 = np.diag([4.0, 1.0]), np.eye(2)
+    # |mu diff|^2 = 1; tr S1 + tr S2 = 7; "sqrtm" returns S1 S2 itself (+ tiny imag): tr 5 -> 1 + 7 - 10 = -2 -> 0
+    assert metrics.frechet_distance(np.zeros(2), s1, np.array([1.0, 0.0]), s2) == 0.0
+    s1 = np.diag([0.25, 1.0])     # tr(S1 S2) = 1.25 -> 1 + 3.25 - 2.5 = 1.75
+    assert metrics.frechet_distance(np.zeros(2), s1, np.array([1.0, 0.0]), s2) == pytest.approx(1.75)
+
+
+def test_diversity_and_multimodality_need_at_least_one_pair():
+    with pytest.raises(ValueError, match="diversity needs times >= 1 pairs, got 0"):
+        metrics.diversity(np.zeros((10, 4)), times=0)
+    with pytest.raises(ValueError, match="multimodality needs times >= 1 pairs, got 0"):
+        metrics.multimodality(np.zeros((2, 5, 4)), times=0)

@@ -49,6 +49,14 @@ REFERENCE_PROTOCOL = dict(replications=20, batch_size=32, diversity_times=300, m
                           mm_repeats=30, mm_times=10, top_k=3)
 
 
+class EvaluationError(ValueError):
+    """The evaluation cannot run with this data / configuration."""
+
+
+class EvalConfigError(EvaluationError):
+    """An `EvalConfig` setting is out of range on its own (`EvalConfig.validate`); the message is one line."""
+
+
 @dataclass
 class EvalConfig:
     replications: int = 20           # reference §4 (20 passes over the test set)
@@ -66,6 +74,43 @@ class EvalConfig:
     mask_beyond_length: bool = False # zero generated frames past the length; the reference does not (generated
                                      # frames past m_len are left as decoded and seen by the conv encoder's edge)
 
+    def validate(self) -> "EvalConfig":
+        """Check the settings on their own (before any model or data is loaded); returns self.
+
+        Raises `EvalConfigError` naming the key (`eval.<key>`, with the command-line flag where there is one) and
+        its expected range. Checks that depend on the eval set's size are in `evaluate_t2m`. MultiModality
+        settings are only checked when `mm_mode` is not "off".
+        """
+        def need(ok: bool, key: str, expected: str, flag: str = "") -> None:
+            if not ok:
+                name = f"eval.{key}" + (f" ({flag})" if flag else "")
+                raise EvalConfigError(f"utils/evaluation.py: {name} must be {expected}, got {getattr(self, key)!r}")
+
+        need(self.replications >= 1, "replications", "an integer >= 1 (20 in the reference protocol)",
+             "--replications")
+        need(self.top_k >= 1, "top_k", "an integer >= 1 (R-precision top-1..k; 3 in the reference protocol)")
+        need(self.batch_size >= self.top_k, "batch_size",
+             f">= eval.top_k={self.top_k}: R-precision ranks each text among the motions of its batch "
+             f"(32 in the reference protocol)")
+        need(self.diversity_times >= 1, "diversity_times",
+             "an integer >= 1 (pairs drawn for Diversity; 300 in the reference protocol)")
+        need(self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(self.mm_mode in ("momask", "t2m", "off"), "mm_mode", "'momask', 't2m' or 'off'")
+        if self.mm_mode == "momask":
+            need(self.mm_batches >= 1, "mm_batches", "an integer >= 1 in mm_mode 'momask' (batches generated "
+                 "repeatedly for MultiModality; 3 in the reference protocol); set eval.mm_mode=off for no "
+                 "MultiModality")
+        if self.mm_mode == "t2m":
+            need(self.mm_num_texts >= 1, "mm_num_texts", "an integer >= 1 in mm_mode 't2m' (texts generated "
+                 "repeatedly for MultiModality; 100 in the original T2M protocol); set eval.mm_mode=off for no "
+                 "MultiModality")
+        if self.mm_mode != "off":
+            need(self.mm_times >= 1, "mm_times", "an integer >= 1 (pairs of repeats per text; 10 in the reference "
+                 "protocol)")
+            need(self.mm_repeats >= self.mm_times, "mm_repeats",
+                 f">= eval.mm_times={self.mm_times} (generations per text; 30 in the reference protocol)")
+        return self
+
     def effective(self) -> "EvalConfig":
         """The configuration actually run (`fast` shrinks the protocol)."""
         if not self.fast:
@@ -82,8 +127,6 @@ class EvalConfig:
         return not self.fast and all(getattr(eff, k) == REFERENCE_PROTOCOL[k] for k in keys)
 
 
-class EvaluationError(ValueError):
-    """The evaluation cannot run with this data / configuration."""
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -169,12 +212,6 @@ def _check_sizes(n_items: int, cfg: EvalConfig) -> int:
     if cfg.mm_mode == "t2m" and cfg.mm_num_texts > n_items:
         raise EvaluationError(f"utils/evaluation.py: MultiModality ('t2m' mode) needs eval.mm_num_texts="
                               f"{cfg.mm_num_texts} texts but the set has {n_items}")
-    if cfg.mm_mode not in ("momask", "t2m", "off"):
-        raise EvaluationError(f"utils/evaluation.py: eval.mm_mode must be 'momask', 't2m' or 'off', got "
-                              f"{cfg.mm_mode!r}")
-    if cfg.mm_mode != "off" and cfg.mm_repeats < cfg.mm_times:
-        raise EvaluationError(f"utils/evaluation.py: eval.mm_repeats={cfg.mm_repeats} must be >= "
-                              f"eval.mm_times={cfg.mm_times}")
     return n
 
 
@@ -236,9 +273,12 @@ def evaluate_t2m(generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig |
     Returns a report dict: `metrics` {"gt": {name: {mean, conf, values}}, "generated": {...}}, the effective
     config, per-replication seeds, sample counts and the comparability note. `with_gt=False` skips the GT
     embeddings (then FID is not available and the "gt" column is omitted).
+
+    Raises `EvalConfigError` for a setting out of range (`EvalConfig.validate`, before anything runs) and
+    `EvaluationError` when the eval set is too small for the protocol.
     """
-    cfg = cfg or EvalConfig()
-    eff = cfg.effective()
+    cfg = (cfg or EvalConfig()).validate()
+    eff = cfg.effective().validate()
     n = _check_sizes(len(eval_set), eff)
     emb = _Embedder(generate_fn, eval_set, evaluator, eff)
     collate_fn = collate_fn or _collate_default()
@@ -273,6 +313,16 @@ def evaluate_t2m(generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig |
             "label": label}
 
 
+def evaluator_skipped_report(cfg: EvalConfig, reason: str, label: str = "generated") -> dict:
+    """A report (same keys as `evaluate_t2m`'s, for `write_report`) with no evaluator metrics, for runs that
+    cannot have them (no evaluator checkpoint); `reason` is written in eval.json (`skipped`) and eval.md.
+    Other numbers go in through `write_report(..., extra_metrics=...)`."""
+    return {"metrics": {}, "config": asdict(cfg.effective()), "requested_config": asdict(cfg), "seeds": [],
+            "samples_per_replication": 0, "eval_set_size": None, "comparable_protocol": False,
+            "note": "no evaluator metrics were computed (see `skipped`)", "evaluator": "",
+            "label": label, "skipped": reason}
+
+
 # ------------------------------------------------------------------------------------------------------ reports
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
@@ -299,26 +349,37 @@ def render_markdown(report: dict) -> str:
     """eval.md: a table of mean ± 95% CI per metric, then the provenance."""
     cols = list(report["metrics"])
     lines = [f"# Evaluation: {report.get('stage', report.get('label', ''))}", ""]
-    if not report.get("comparable_protocol", False):
+    skipped = report.get("skipped")
+    if skipped:
+        lines += [f"**Skipped: {skipped}**", ""]
+    elif not report.get("comparable_protocol", False):
         lines += [f"**{report['note']}**", ""]
     if report.get("dataset_note"):
         lines += [f"**{report['dataset_note']}**", ""]
     shown = [m for m in METRIC_NAMES if any(m in report["metrics"][c] for c in cols)]
-    lines += markdown_table(["metric", *cols], ([m, *(_fmt(report["metrics"][c].get(m)) for c in cols)] for m in shown))
+    if cols:
+        lines += markdown_table(["metric", *cols],
+                                ([m, *(_fmt(report["metrics"][c].get(m)) for c in cols)] for m in shown))
+        lines.append("")
     cfg = report["config"]
     extra = report.get("extra_metrics") or {}
     if extra:
-        lines += ["", "Other metrics:", ""]
+        lines += ["Other metrics:", ""]
         lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in extra.items()]
-    lines += ["", f"mean ± 1.96·std/√n over n = {cfg['replications']} replications (population std); "
+        lines.append("")
+    if report["seeds"]:
+        lines += [f"mean ± 1.96·std/√n over n = {cfg['replications']} replications (population std); "
                   f"{report['samples_per_replication']} samples per replication in batches of {cfg['batch_size']}.",
-              "", "## Provenance", "",
+                  ""]
+    lines += ["## Provenance", "",
               f"- commit: `{report.get('commit', 'unknown')}`",
-              f"- evaluator: `{report.get('evaluator', '')}`"]
+              f"- evaluator: `{report.get('evaluator', '') or 'none'}`"]
     for name, path in (report.get("checkpoints") or {}).items():
         lines.append(f"- checkpoint {name}: `{path}`")
-    lines += [f"- seeds: {report['seeds'][0]} … {report['seeds'][-1]} (replication r uses seed {cfg['seed']} + r)",
-              f"- protocol: {report['note']}", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    if report["seeds"]:
+        lines.append(f"- seeds: {report['seeds'][0]} … {report['seeds'][-1]} (replication r uses seed "
+                     f"{cfg['seed']} + r)")
+    lines += [f"- protocol: {report['note']}", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     return "\n".join(lines)
 
 
@@ -338,6 +399,8 @@ def write_report(report: dict, run_dir: str | os.PathLike, **provenance) -> tupl
 def summary_line(report: dict, column: str | None = None) -> str:
     """One line `FID 0.123±0.004, R@3 ...` for logs."""
     column = column or report.get("label", "generated")
+    if not report["metrics"]:
+        return f"no evaluator metrics: {report.get('skipped', 'none computed')}"
     row = report["metrics"].get(column) or next(iter(report["metrics"].values()))
     short = {"R_precision_top1": "R@1", "R_precision_top2": "R@2", "R_precision_top3": "R@3"}
     return ", ".join(f"{short.get(k, k)} {v['mean']:.3f}±{v['conf']:.3f}" for k, v in row.items())

@@ -6,10 +6,10 @@ embeddings produced by the evaluator (`models/evaluator.py`) as numpy arrays and
     euclidean_distance_matrix(a (N, D), b (M, D)) -> (N, M)
     r_precision(text_emb (B, D), motion_emb (B, D), top_k=3) -> (top_k,)   hit rate of top-1..k within one batch
     mm_dist(text_emb (B, D), motion_emb (B, D)) -> float                   mean matched distance (Matching score)
-    fid(gen (N, D), real (M, D)) -> float                                  Fréchet distance of two Gaussians
+    fid(gen (N, D), real (M, D)) -> float                                  Fréchet distance of two Gaussians, >= 0
     diversity(emb (N, D), times=300, rng=None) -> float
     multimodality(emb (N, R, D), times=10, rng=None) -> float              R generations per text
-    mean_ci(values) -> (mean, conf)                                        conf = 1.96 · std / sqrt(n), ddof 0
+    mean_ci(values (R,) or (R, K)) -> (mean, conf)                         conf = 1.96 · std / sqrt(R), ddof 0
 
 Everything is vectorised; no Python loop over pairs.
 """
@@ -113,6 +113,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     - If the result is complex: raise when any diagonal imaginary part exceeds 1e-3
       (`np.allclose(diag.imag, 0, atol=1e-3)` fails); otherwise keep the real part. Small imaginary parts are
       round-off of a nearly singular product.
+    - The distance is clamped at 0: identical statistics give a round-off residue of either sign (e.g. -3e-12,
+      printed as "-0.000"), and a Fréchet distance is never negative. The reference does not clamp; only values
+      that would print as 0 at any sensible precision are affected.
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -130,7 +133,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                              f"(max |imag| on the diagonal {np.max(np.abs(np.diagonal(covmean).imag)):.3g} > 1e-3); "
                              f"the covariances are ill-conditioned (too few samples for the embedding width?)")
         covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return value if value > 0.0 else 0.0          # also turns -0.0 into 0.0 (max() would keep -0.0)
 
 
 def fid(gen: np.ndarray, real: np.ndarray) -> float:
@@ -152,6 +156,9 @@ def diversity(emb: np.ndarray, times: int = 300, rng: RngLike = None) -> float:
     """
     emb = _check_2d("emb", emb)
     n = emb.shape[0]
+    if times < 1:
+        raise ValueError(f"utils/metrics.py: diversity needs times >= 1 pairs, got {times} (the mean of no "
+                         f"distances is NaN)")
     if n < times:
         raise ValueError(f"utils/metrics.py: diversity needs at least times={times} embeddings, got {n}; evaluate "
                          f"more samples or lower the Diversity pair count (eval.diversity_times)")
@@ -174,6 +181,9 @@ def multimodality(emb: np.ndarray, times: int = 10, rng: RngLike = None) -> floa
     if emb.ndim != 3:
         raise ValueError(f"utils/metrics.py: multimodality expects (N texts, R repeats, D), got shape {emb.shape}")
     r = emb.shape[1]
+    if times < 1:
+        raise ValueError(f"utils/metrics.py: multimodality needs times >= 1 pairs, got {times} (the mean of no "
+                         f"distances is NaN)")
     if r < times:
         raise ValueError(f"utils/metrics.py: multimodality needs at least times={times} repeats per text, got {r}")
     rng = _as_rng(rng)
@@ -182,12 +192,23 @@ def multimodality(emb: np.ndarray, times: int = 10, rng: RngLike = None) -> floa
     return float(np.linalg.norm(emb[:, first] - emb[:, second], axis=2).mean())
 
 
-def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Mean and 95% confidence half-width over replications: 1.96 · std / sqrt(n), std with ddof 0 (numpy default).
+def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% confidence half-width over replications (axis 0): 1.96 · std / sqrt(R), std with ddof 0 (numpy
+    default, as the reference's `np.std`).
 
-    Returns (mean, conf). One value gives conf 0 (the report marks such runs as not comparable).
+    Args:
+        values: (R,) one metric over R replications, or (R, K) K metrics (columns) over R replications.
+    Returns:
+        (mean, conf): floats for (R,) input; (K,) arrays, one entry per column, for (R, K) input.
+        One replication gives conf 0 (the report marks such runs as not comparable).
     """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("utils/metrics.py: mean_ci got no values")
-    return float(v.mean(axis=0)), float(1.96 * v.std(axis=0) / np.sqrt(v.shape[0]))
+    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if v.ndim > 2:
+        raise ValueError(f"utils/metrics.py: mean_ci takes (R,) or (R, K) values, got shape {v.shape}")
+    if v.shape[0] == 0 or v.size == 0:
+        raise ValueError(f"utils/metrics.py: mean_ci got no values (shape {v.shape})")
+    mean = v.mean(axis=0)
+    conf = 1.96 * v.std(axis=0) / np.sqrt(v.shape[0])
+    if v.ndim == 1:
+        return float(mean), float(conf)
+    return mean, conf
