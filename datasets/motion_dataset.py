@@ -21,20 +21,28 @@ nothing opens a file per item per epoch. Entries are built exactly as the refere
   keyed `<letter A..W>_<id>` (letter redrawn on collision; drawn from `random.Random(SUBCLIP_KEY_SEED)` in split
   order, so loading is deterministic), kept only if its length is in [min, 200).
 Mode "window" uses every loaded motion with at least `window_size` frames (no text, no 200 cap), as the reference
-VQ `MotionDataset` does.
+VQ `MotionDataset` does, and like it enumerates snippets: an epoch is every window of every such motion, not one
+window per motion. Motion k gives n_k = max(T_k - window_size, 1) windows, starting at frames 0 .. n_k-1 (the
+reference's T - window_size starts; a motion exactly window_size long gives its one window instead of the
+reference's none); index i is the window of motion k with cumsum(n)[k] <= i < cumsum(n)[k+1], starting at
+i - cumsum(n)[k] (`MotionTextDataset.window(i)`). So `train.epochs` counts passes over all snippets, as the
+reference's `max_epoch` does (HumanML3D train: of the order of 1.5M windows, ~6k steps of 256, per
+epoch; the trainer logs the exact count).
 
 Cache. `MotionCorpus.load` keeps a single `<root>/.cache/<split>.<dataset>.min<min>.npz` (motions, raw texts, skip
 records), keyed by a signature of the split file's and of every listed data file's size and mtime. It is used only
 when the signature matches, rebuilt automatically when stale, and written atomically (temp file + `os.replace`);
 an unwritable root only logs a warning.
 
-Bad input: error or counted skip (reference behaviour where it has one; skips are counted, logged with the file
-names, and summarised in one INFO line "N motions, M entries, skipped ..." at the end of every load):
+Bad input: error or counted skip (reference behaviour where it has one; skips are counted, logged at WARNING once
+per reason with what was expected and the file names, and summarised in one INFO line "N motions, M entries,
+skipped ..." at the end of every load):
 - missing root folder, split file, Mean.npy / Std.npy                       -> DatasetError (with the fix)
 - a split listing an id whose `new_joint_vecs/<id>.npy` or `texts/<id>.txt` is missing -> DatasetError listing them
   (the reference silently skips; a partial copy of a dataset is a user error worth knowing about)
 - a feature file of the wrong width or rank (e.g. 251 columns in a t2m folder) -> DatasetError (wrong dataset flag)
-- a caption line without 4 '#'-separated fields, or a start/end that is not a number -> DatasetError (file + line)
+- a caption line with fewer than 4 '#'-separated fields, or a start/end that is not a number -> DatasetError (file +
+  line); fields after the fourth are ignored (reference)
 - Mean/Std of the wrong shape, non-finite, or Std <= 0                      -> DatasetError
 - a motion with NaN/Inf                     -> skip "nan" (the reference statistics skip such files)
 - a motion shorter than the minimum length  -> skip "too_short" (reference)
@@ -44,9 +52,10 @@ names, and summarised in one INFO line "N motions, M entries, skipped ..." at th
 - an id listed twice in a split file        -> counted "duplicate_id"
 Blank lines in split and text files are ignored.
 
-Item randomness (caption choice, crop length, crop start, window start) comes from torch's global RNG. The trainer
-seeds it (`utils.training.seed_everything`); DataLoader workers get distinct per-worker, per-epoch torch seeds, so
-workers never repeat each other's draws (unlike numpy's global RNG, which forked workers would share).
+Item randomness (caption choice, crop length, crop start; "window" items are fixed, the sampler shuffles them)
+comes from torch's global RNG. The trainer seeds it (`utils.training.seed_everything`); DataLoader workers get
+distinct per-worker, per-epoch torch seeds, so workers never repeat each other's draws (unlike numpy's global RNG,
+which forked workers would share).
 """
 from __future__ import annotations
 
@@ -229,11 +238,13 @@ def parse_captions(text: str, path: str) -> list[Caption]:
         if not line:
             continue
         parts = line.split("#")
-        if len(parts) != 4:
-            raise DatasetError(f"{_MOD}: {path} line {lineno}: expected 'caption#tokens#start#end' (4 fields "
-                               f"separated by '#'), got {len(parts)} field{'s' if len(parts) != 1 else ''}: "
+        if len(parts) < 4:
+            raise DatasetError(f"{_MOD}: {path} line {lineno}: expected 'caption#tokens#start#end' (at least 4 "
+                               f"fields separated by '#'), got {len(parts)} field{'s' if len(parts) != 1 else ''}: "
                                f"{line!r}")
-        caption, tokens, start, end = parts
+        # The reference reads fields 0-3 (caption, tokens, start, end) and ignores any further '#' fields, so a
+        # line with extra fields (e.g. a trailing '#') loads the same here instead of stopping the whole split.
+        caption, tokens, start, end = parts[:4]
         captions.append(Caption(caption=caption, tokens=tuple(t for t in tokens.split(" ") if t),
                                 start=_tag(start, path, lineno, line, "start"),
                                 end=_tag(end, path, lineno, line, "end")))
@@ -359,13 +370,30 @@ class MotionCorpus:
                 entries.append(Entry(mid, i, 0, length, whole))
         self.entries = entries
 
+    def skip_reasons(self) -> dict[str, str]:
+        """reason -> what it means and what was expected, as the skip summary prints it."""
+        spec = self.spec
+        return {
+            "nan": "motion with NaN/Inf values (expected finite values); not used in any mode",
+            "too_short": f"motion shorter than the minimum of {spec.min_length} frames; not used in any mode",
+            "too_long": f"motion of {spec.max_length} frames or more (expected fewer than {spec.max_length} for "
+                        f"text entries); no text entry, still used for tokenizer windows",
+            "empty_text": "text file without captions (expected at least one caption line); no text entry, motion "
+                          "still used for tokenizer windows",
+            "subclip_out_of_range": f"caption sub-clip outside the length range (expected {spec.min_length} <= "
+                                    f"frames < {spec.max_length}); that caption gives no entry",
+            "duplicate_id": "id listed again in the split file (expected each id once); the repeat is ignored",
+        }
+
     def _log_summary(self) -> None:
-        warn = {"nan", "empty_text", "duplicate_id"}
+        # Every skip drops data from at least one mode, so each reason is one WARNING line (visible at the default
+        # level); the individual files are listed at DEBUG.
+        reasons = self.skip_reasons()
         for reason, files in sorted(self.skipped.items()):
             more = f" (+{len(files) - 5} more)" if len(files) > 5 else ""
-            log.log(logging.WARNING if reason in warn else logging.INFO,
-                    "%s/%s: skipped %d for %s: %s%s", self.root, self.split, len(files), reason,
-                    ", ".join(files[:5]), more)
+            what = reasons.get(reason, "")
+            log.warning("%s/%s: skipped %d for %s%s: %s%s", self.root, self.split, len(files), reason,
+                        f" ({what})" if what else "", ", ".join(files[:5]), more)
             for f in files:
                 log.debug("%s/%s: skipped %s (%s)", self.root, self.split, f, reason)
         counts = ", ".join(f"{k}={len(v)}" for k, v in sorted(self.skipped.items())) or "none"
@@ -545,7 +573,7 @@ class MotionTextDataset(Dataset):
     Item dicts:
         "text":   motion (max_motion_length, D) zero-padded, length (int, multiple of unit_length), caption (str),
                   tokens (list of "word/POS"), id (entry key, str), motion_id (file id, str)
-        "window": motion (window_size, D), length (= window_size), id
+        "window": motion (window_size, D), length (= window_size), id; item i is the fixed window `window(i)`
         "eval":   as "text" plus word_embs (22, 300), pos_ohot (22, 15) float32 tensors and sent_len (int)
     """
 
@@ -564,12 +592,19 @@ class MotionTextDataset(Dataset):
         if mode == "window":
             if cfg.window_size < 1:
                 raise DatasetError(f"{_MOD}: data.window_size must be >= 1, got {cfg.window_size}")
-            self.motion_indices = np.flatnonzero(corpus.lengths >= cfg.window_size)
+            lengths = corpus.lengths
+            self.motion_indices = np.flatnonzero(lengths >= cfg.window_size)
             self.entries: list[Entry] = []
             if len(self.motion_indices) == 0:
                 raise DatasetError(f"{_MOD}: {corpus.root}/{corpus.split}.txt: no motion has at least "
                                    f"data.window_size={cfg.window_size} frames (longest: "
-                                   f"{int(corpus.lengths.max()) if len(corpus) else 0})")
+                                   f"{int(lengths.max()) if len(corpus) else 0})")
+            # Snippet enumeration (module docstring): the reference gives a motion T - window_size windows, so one
+            # exactly window_size long would give none; we count it as 1 (its single window) rather than drop a
+            # motion that fits.
+            counts = np.maximum(lengths[self.motion_indices] - cfg.window_size, 1).astype(np.int64)
+            self.window_offsets = np.zeros(len(counts) + 1, dtype=np.int64)   # (M+1,) first index of each motion
+            np.cumsum(counts, out=self.window_offsets[1:])
         else:
             self.entries = list(corpus.entries)
             if mode == "eval":  # reference Text2MotionDatasetEval: entries sorted by length
@@ -579,7 +614,20 @@ class MotionTextDataset(Dataset):
                                    f"(skipped: { {k: len(v) for k, v in corpus.skipped.items()} })")
 
     def __len__(self) -> int:
-        return len(self.motion_indices) if self.mode == "window" else len(self.entries)
+        return int(self.window_offsets[-1]) if self.mode == "window" else len(self.entries)
+
+    def window(self, index: int) -> tuple[int, int]:
+        """Mode "window": (corpus motion index, start frame) of item `index` (negative counts from the end)."""
+        if self.mode != "window":
+            raise DatasetError(f"{_MOD}: window() is for mode 'window', this dataset is mode {self.mode!r}")
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"{_MOD}: window index {index} out of range for {n} windows")
+        k = int(np.searchsorted(self.window_offsets, i, side="right")) - 1
+        return int(self.motion_indices[k]), i - int(self.window_offsets[k])
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -592,11 +640,9 @@ class MotionTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if self.mode == "window":
-            i = int(self.motion_indices[index])
-            motion = self.corpus.motion(i)
+            i, start = self.window(index)
             w = self.cfg.window_size
-            start = int(torch.randint(0, len(motion) - w + 1, ()).item())
-            crop = self.normalize(motion[start:start + w])
+            crop = self.normalize(self.corpus.motion(i)[start:start + w])
             return {"motion": torch.from_numpy(crop.astype(np.float32)), "length": w, "id": self.corpus.ids[i]}
 
         entry = self.entries[index]

@@ -211,23 +211,55 @@ def test_caption_choice_is_uniform_over_the_entry_captions(tmp_path):
     assert min(seen.count(c) for c in set(seen)) > 70
 
 
-def test_window_mode_random_windows_from_long_enough_motions(simple_root):
+def test_window_mode_enumerates_every_snippet_of_long_enough_motions(simple_root):
     ds = build_dataset(cfg_for(simple_root, window_size=64), "train", "window", cache=False)
     # motions with >= 64 frames: 103, 199, 250 (too long for text, used here as the reference VQ dataset does), 64
     assert [ds.corpus.ids[i] for i in ds.motion_indices] == ["000002", "000003", "000004", "M000001"]
-    assert len(ds) == 4
+    # an epoch is every snippet: (103-64) + (199-64) + (250-64) + 1 (the 64-frame motion counts as one window)
+    assert len(ds) == 39 + 135 + 186 + 1 == 361
+    item = ds[200]                                         # 000004 (index 174..359), start 200 - 174 = 26
+    assert set(item) == {"motion", "length", "id"} and item["length"] == 64 and item["id"] == "000004"
+    assert item["motion"].shape == (64, D) and item["motion"].dtype == torch.float32
+    frames = ds.denormalize(item["motion"])[:, 0].numpy()  # Std 1 with feat_bias 5: dim 0 scaled by 5
+    np.testing.assert_allclose(frames, np.arange(26, 90))
+    np.testing.assert_allclose(item["motion"][:, 10].numpy(), 4.0)  # value 4, mean 0, std 1 (no bias on dim 10)
     torch.manual_seed(3)
-    starts = set()
-    for _ in range(30):
-        item = ds[2]
-        assert set(item) == {"motion", "length", "id"} and item["length"] == 64 and item["id"] == "000004"
-        assert item["motion"].shape == (64, D)
-        frames = ds.denormalize(item["motion"])[:, 0].numpy()  # Std 1 with feat_bias 5: dim 0 scaled by 5
-        assert (np.diff(frames) == 1).all() and 0 <= frames[0] <= 250 - 64
-        np.testing.assert_allclose(item["motion"][:, 10].numpy(), 4.0)  # value 4, mean 0, std 1 (no bias on dim 10)
-        starts.add(frames[0])
-    assert len(starts) > 1
-    assert (ds[3]["motion"][:, 0].numpy() == 5 * np.arange(64)).all()  # a 64-frame motion has one window
+    again = ds[200]["motion"]
+    torch.manual_seed(4)
+    assert torch.equal(ds[200]["motion"], again)           # an index is a fixed window: no item randomness
+    assert (ds[360]["motion"][:, 0].numpy() == 5 * np.arange(64)).all() and ds[360]["id"] == "M000001"
+
+
+def test_window_index_maps_to_motion_and_start_by_hand(tmp_path):
+    """Tiny dataset: a 70, b 63 (< window: no windows), c 64 (= window: 1), d 100 frames; window 64.
+    Windows per motion max(T - 64, 1): a 6, c 1, d 36 -> 43; a = items 0..5, c = item 6, d = items 7..42."""
+    rng = np.random.default_rng(0)
+    feats = {mid: rng.normal(size=(n, D)).astype(np.float32) for mid, n in (("a", 70), ("b", 63), ("c", 64),
+                                                                             ("d", 100))}
+    mean = rng.normal(size=D).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, size=D).astype(np.float32)
+    root = write_dataset(tmp_path / "ds", feats, mean=mean, std=std)
+    ds = build_dataset(cfg_for(root, window_size=64, feat_bias=1.0), "train", "window", cache=False)
+    assert len(ds) == (70 - 64) + 1 + (100 - 64) == 43
+    ids = ds.corpus.ids
+    expected = {0: ("a", 0), 5: ("a", 5), 6: ("c", 0), 7: ("d", 0), 20: ("d", 13), 42: ("d", 35), -1: ("d", 35),
+                -43: ("a", 0)}
+    for index, (mid, start) in expected.items():
+        k, s = ds.window(index)
+        assert (ids[k], s) == (mid, start), index
+        item = ds[index]
+        assert item["id"] == mid and item["length"] == 64
+        np.testing.assert_allclose(item["motion"].numpy(), (feats[mid][start:start + 64] - mean) / std,
+                                   rtol=1e-5, atol=1e-5)
+    # one epoch visits each (motion, start) exactly once; starts 0 .. T-65 (the reference's T - window starts)
+    pairs = [(ids[k], s) for k, s in map(ds.window, range(len(ds)))]
+    assert pairs == [("a", s) for s in range(6)] + [("c", 0)] + [("d", s) for s in range(36)]
+    for bad in (43, -44):
+        with pytest.raises(IndexError, match=f"window index {bad} out of range for 43 windows"):
+            ds[bad]
+    text = build_dataset(cfg_for(root), "train", "text", cache=False)
+    with pytest.raises(DatasetError, match="window\\(\\) is for mode 'window'"):
+        text.window(0)
 
 
 def test_dataloader_batches_text_items(simple_root):
@@ -339,8 +371,18 @@ def test_caption_line_without_four_fields_names_file_and_line(tmp_path):
     with pytest.raises(DatasetError) as e:
         MotionCorpus.load(cfg_for(root), "train", cache=False)
     msg = str(e.value)
-    assert "texts/a.txt line 3" in msg and "4 fields" in msg and "got 2 fields" in msg
+    assert "texts/a.txt line 3" in msg and "at least 4 fields" in msg and "got 2 fields" in msg
     assert "'a person walks#a/DET person/NOUN'" in msg
+
+
+def test_caption_line_with_extra_fields_uses_the_first_four():
+    """The reference reads fields 0-3 of a line and ignores the rest."""
+    caps = parse_captions("a man walks#a/DET man/NOUN walk/VERB#1.5#4.0#extra#\nhops#hop/VERB#0.0#0.0#\n", "x.txt")
+    assert [(c.caption, c.tokens, c.start, c.end) for c in caps] == [
+        ("a man walks", ("a/DET", "man/NOUN", "walk/VERB"), 1.5, 4.0), ("hops", ("hop/VERB",), 0.0, 0.0)]
+    with pytest.raises(DatasetError, match=r"x\.txt line 2: expected 'caption#tokens#start#end' \(at least 4 fields "
+                                           r"separated by '#'\), got 3 fields: 'hops#hop/VERB#0\.0'"):
+        parse_captions("hops#hop/VERB#0.0#0.0\nhops#hop/VERB#0.0\n", "x.txt")
 
 
 def test_caption_with_non_numeric_start_is_an_error():
@@ -355,7 +397,8 @@ def test_empty_text_file_is_a_counted_skip(tmp_path, caplog):
     assert [e.key for e in corpus.entries] == ["a"] and corpus.skipped == {"empty_text": ["texts/b.txt"]}
     assert "b" in corpus.ids  # the motion itself still serves mode "window"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("skipped 1 for empty_text: texts/b.txt" in m for m in warnings)
+    assert any("skipped 1 for empty_text (text file without captions (expected at least one caption line); no text "
+               "entry, motion still used for tokenizer windows): texts/b.txt" in m for m in warnings), warnings
 
 
 def test_nan_and_short_motions_are_counted_skips_in_the_summary_line(tmp_path, caplog):
@@ -373,6 +416,34 @@ def test_nan_and_short_motions_are_counted_skips_in_the_summary_line(tmp_path, c
     summary = [r.getMessage() for r in caplog.records if "motions," in r.getMessage()]
     assert len(summary) == 1
     assert "1 motions, 1 entries (0 sub-clips)" in summary[0] and "nan=2, too_short=1" in summary[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "skipped 2 for nan (motion with NaN/Inf values (expected finite values); not used in any mode): " \
+           "new_joint_vecs/n.npy, new_joint_vecs/i.npy" in warnings[0]
+    assert "skipped 1 for too_short (motion shorter than the minimum of 40 frames; not used in any mode): " \
+           "new_joint_vecs/s.npy (39 frames)" in warnings[1]
+
+
+def test_every_skip_reason_is_a_warning_saying_what_was_expected(tmp_path, caplog):
+    dim = 251
+    texts = {"long": CAP + "\n", "sub": "waves#wave/VERB#0.0#1.0\n"}  # kit: 20 frames < 24
+    root = write_dataset(tmp_path / "kit", {"short": motion_array(0, 23, dim), "long": motion_array(1, 200, dim),
+                                            "sub": motion_array(2, 50, dim), "ok": motion_array(3, 50, dim)},
+                         texts, splits={"train": ["short", "long", "sub", "ok", "ok"]}, dim=dim)
+    with caplog.at_level(logging.WARNING, logger="datasets.motion_dataset"):   # the default level shows them
+        corpus = MotionCorpus.load(cfg_for(root, dataset="kit"), "train", cache=False)
+    assert sorted(corpus.skipped) == ["duplicate_id", "subclip_out_of_range", "too_long", "too_short"]
+    warnings = {r.getMessage().split(" for ")[1].split(" ")[0]: r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING}
+    assert sorted(warnings) == sorted(corpus.skipped)
+    assert "motion shorter than the minimum of 24 frames" in warnings["too_short"]
+    assert "(expected fewer than 200 for text entries); no text entry, still used for tokenizer windows): " \
+           "new_joint_vecs/long.npy" in warnings["too_long"]
+    assert "(expected 24 <= frames < 200); that caption gives no entry): texts/sub.txt (0.0-1.0 s: 20 frames)" \
+           in warnings["subclip_out_of_range"]
+    assert "(expected each id once); the repeat is ignored): train.txt: ok" in warnings["duplicate_id"]
+    assert set(corpus.skip_reasons()) == {"nan", "too_short", "too_long", "empty_text", "subclip_out_of_range",
+                                          "duplicate_id"}
 
 
 def test_wrong_feature_width_suggests_the_other_dataset(tmp_path):
