@@ -5,18 +5,22 @@
         model.text_path=<local distilbert-base-uncased folder>
     python train_retriever.py --build-db runs/retriever/mini/checkpoints/best.pt [--config ...] [data.root=...]
 
-The run goes to runs/retriever/<name>/ (config.yaml, checkpoints/{last,best}.pt, tb/). After training, the database
-of the train split is written next to the checkpoint that was kept (best.pt when validation ran):
-checkpoints/best_database.pt. `--build-db CKPT` only builds the database of an existing checkpoint.
+The run goes to runs/retriever/<name>/ (config.yaml, checkpoints/{last,best}.pt, tb/). During training the val split
+is scored with TMR protocol (d) (batches of 32; retriever.val_protocol). After training, the database of the train
+split is written next to the checkpoint that was kept (best.pt when validation ran): checkpoints/best_database.pt,
+and that checkpoint is scored on the val split under all four TMR protocols: retrieval_val.md / retrieval_val.json
+in the run dir (retriever.final_eval=false skips it). `--build-db CKPT` only builds the database of an existing
+checkpoint.
 """
 from __future__ import annotations
 
 import sys
 
 from datasets.motion_dataset import build_dataset, collate
+from utils import distributed
 from utils.config import load_stage_config, stage_parser
 from utils.run_dir import RunDir
-from utils.tasks.retriever import RetrieverStageConfig, RetrieverTask, build_database
+from utils.tasks.retriever import RetrieverStageConfig, RetrieverTask, build_database, write_retrieval_report
 from utils.training import Trainer, configure_logging, seed_everything, select_device
 
 
@@ -31,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_stage_config(parser, RetrieverStageConfig, "retriever", args, check_run_dir=not args.build_db)
     configure_logging()
     if args.build_db:
-        build_database(args.build_db, cfg.data, split=args.db_split, device=str(select_device(cfg.train.device)),
-                       batch_size=cfg.retriever.database_batch_size)
+        if distributed.is_main_process():
+            build_database(args.build_db, cfg.data, split=args.db_split, device=str(select_device(cfg.train.device)),
+                           batch_size=cfg.retriever.database_batch_size)
         return 0
 
     seed_everything(cfg.train.seed)               # the model's initial weights (the Trainer seeds again for training)
@@ -41,11 +46,27 @@ def main(argv: list[str] | None = None) -> int:
     task = RetrieverTask(cfg, val_set=val_set)
     run = RunDir("retriever", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
     Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
-    if cfg.retriever.build_database:
-        device = str(task.device)
-        build_database(run.final_checkpoint, cfg.data, split="train", device=device,
-                       batch_size=cfg.retriever.database_batch_size)
+    after_training(run, cfg, str(task.device), num_val_entries=len(val_set.corpus.entries))
     return 0
+
+
+def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu",
+                   num_val_entries: int | None = None):
+    """Rank 0 only (the Trainer has ended the process group; no other rank reads these files): the train-split
+    database next to the kept checkpoint, then that checkpoint on val under every TMR protocol.
+    Returns the path of retrieval_val.md (None when not written)."""
+    if not distributed.is_main_process():
+        return None
+    ckpt = run.final_checkpoint
+    if cfg.retriever.build_database:
+        build_database(ckpt, cfg.data, split="train", device=device, batch_size=cfg.retriever.database_batch_size)
+    if not cfg.retriever.final_eval:
+        return None
+    md, js = write_retrieval_report(ckpt, cfg.data, run.path, split="val", device=device,
+                                    batch_size=cfg.retriever.database_batch_size, num_entries=num_val_entries)
+    print(f"train_retriever.py: val retrieval (all TMR protocols) of {ckpt}: {md} ({js.name})")
+    print(md.read_text())
+    return md
 
 
 if __name__ == "__main__":

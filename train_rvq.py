@@ -10,9 +10,8 @@ checkpoints/{last,best}.pt, tensorboard events (tb/), and recon.png, a val motio
 """
 from __future__ import annotations
 
-import sys
-
 from datasets.motion_dataset import build_dataset, collate
+from utils import distributed
 from utils.config import stage_cli
 from utils.run_dir import RunDir
 from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example
@@ -20,21 +19,25 @@ from utils.training import Trainer, seed_everything
 
 
 def main(argv=None) -> dict:
-    cfg, args = stage_cli(RVQStageConfig, "rvq", argv, description=__doc__)
-    if cfg.data.dataset != cfg.model.dataset:
-        sys.exit(f"train_rvq.py: data.dataset={cfg.data.dataset!r} but model.dataset={cfg.model.dataset!r}; "
-                 f"set both to the same dataset")
+    cfg, args = stage_cli(RVQStageConfig, "rvq", argv, description=__doc__)   # every setting checked here
     seed_everything(cfg.train.seed)
     train_set = build_dataset(cfg.data, "train", "window")
     val_set = build_dataset(cfg.data, "val", "window")
     task = RVQTask(cfg, train_set.mean, train_set.std)
     run = RunDir("rvq", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
     metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
-    if cfg.val.render:
-        png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
-        if png is not None:
-            print(f"train_rvq.py: reconstruction of a val motion: {png}")
+    after_training(run, cfg)
     return metrics
+
+
+def after_training(run: RunDir, cfg: RVQStageConfig):
+    """Rank 0 only (the Trainer has ended the process group): render a val motion next to its reconstruction."""
+    if not distributed.is_main_process() or not cfg.val.render:
+        return None
+    png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
+    if png is not None:
+        print(f"train_rvq.py: reconstruction of a val motion: {png}")
+    return png
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datasets.motion_dataset import DataConfig
 from tests.toy_task import ToyStageConfig
 from utils.config import ConfigError, from_dict, load_config, parse_override, save_config, stage_cli, to_dict
 from utils.training import TrainConfig
@@ -196,3 +197,132 @@ def test_stage_parser_takes_script_flags_that_map_to_config_keys(tmp_path, capsy
     with pytest.raises(SystemExit):
         parser.parse_args(["--resume"])                             # run_flags=False: no --resume / --overwrite
     assert "unrecognized arguments: --resume" in capsys.readouterr().err
+
+
+# ---- value checks right after loading, strict booleans, section keys, failed starts ----------------------------
+
+@dataclass
+class DataStage:
+    """A stage with the shared data and train sections (their checks are registered by utils.training)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_enumerated_train_and_data_settings_name_key_value_and_choices(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(DataStage, None, ["train.schedule=cosin"])
+    assert str(err.value) == ("override 'train.schedule=cosin': train.schedule='cosin': expected one of "
+                              "'constant', 'multistep', 'cosine'")
+    assert err.value.key == "train.schedule"
+    with pytest.raises(ConfigError) as err:
+        load_config(DataStage, None, ["data.dataset=xyz"])
+    assert str(err.value) == "override 'data.dataset=xyz': data.dataset='xyz': expected one of 't2m', 'kit'"
+    with pytest.raises(ConfigError, match=r"train\.optimizer='sgd': expected one of 'adamw', 'adam'"):
+        load_config(DataStage, None, ["train.optimizer=sgd"])
+    with pytest.raises(ConfigError, match=r"train\.device='gpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        load_config(DataStage, None, ["train.device=gpu"])
+    # a bad value from the YAML file names the file
+    path = write(tmp_path, "train:\n  schedule: linear\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(DataStage, path)
+    assert str(err.value).startswith(f"{path}: train.schedule='linear': expected one of")
+
+
+def test_value_checks_cover_ranges_and_key_pairs():
+    with pytest.raises(ConfigError, match=r"^override 'train\.accum_steps=0': train\.accum_steps=0: expected an "
+                                          r"integer >= 1$"):
+        load_config(DataStage, None, ["train.accum_steps=0"])
+    with pytest.raises(ConfigError, match=r"train\.lr=0\.0: expected a number > 0"):
+        load_config(DataStage, None, ["train.lr=0"])
+    with pytest.raises(ConfigError, match=r"data\.feat_bias=0\.0: expected a number > 0"):
+        load_config(DataStage, None, ["data.feat_bias=0"])
+    with pytest.raises(ConfigError, match=r"^override 'train\.fp16=true': train\.bf16 and train\.fp16 are both true"):
+        load_config(DataStage, None, ["train.bf16=true", "train.fp16=true"])
+
+
+@dataclass
+class Colour:
+    name: str = "red"
+
+
+@dataclass
+class Outer:
+    inner: Colour = field(default_factory=Colour)
+
+
+def test_registered_checks_get_the_dotted_prefix_of_their_section():
+    from utils.config import check_choice, register_check
+
+    seen = []
+
+    def check(cfg: Colour, prefix: str) -> None:
+        seen.append(prefix)
+        check_choice(prefix + "name", cfg.name, ("red", "blue"))
+
+    register_check(Colour, check)
+    register_check(Colour, check)                                  # twice: still one check
+    assert load_config(Outer, None, ["inner.name=blue"]).inner.name == "blue" and seen == ["inner."]
+    with pytest.raises(ConfigError, match=r"^override 'inner\.name=green': inner\.name='green': expected one of "
+                                          r"'red', 'blue'$"):
+        load_config(Outer, None, ["inner.name=green"])
+
+
+def test_booleans_take_only_true_or_false_naming_the_key(tmp_path):
+    for value in ("2", "1", "0", "2.5", "null", "maybe"):
+        with pytest.raises(ConfigError) as err:
+            load_config(Stage, None, [f"train.bf16={value}"])
+        assert str(err.value).startswith(f"override 'train.bf16={value}': key 'train.bf16' expects a boolean "
+                                         f"(true or false), got ")
+    for value, expected in (("true", True), ("false", False), ("True", True), ("yes", True), ("no", False)):
+        assert load_config(Stage, None, [f"train.bf16={value}"]).train.bf16 is expected
+    path = write(tmp_path, "flag: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: key 'flag' expects a boolean \(true or false\), got 2$"):
+        load_config(Stage, path)
+    with pytest.raises(ConfigError, match=r"ckpt\.pt: key 'flag' expects a boolean"):
+        from_dict(Stage, {"flag": 1}, source="ckpt.pt")
+
+
+def test_a_section_given_a_value_names_the_section(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, None, ["train=5"])
+    assert "'?'" not in str(err.value)
+    assert str(err.value).startswith("override 'train=5': key 'train' is a section (TrainConfig), not a value")
+    path = write(tmp_path, "model: [1, 2]\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: key 'model' is a section \(Nested\)"):
+        load_config(Stage, path)
+
+
+def test_stage_cli_refuses_a_bad_setting_before_touching_the_run_dir(tmp_path, capsys):
+    path = write(tmp_path, "", name="toy.yaml")
+    runs = tmp_path / "runs"
+    for bad, expected in (("train.schedule=cosin", "train.schedule='cosin': expected one of 'constant', "
+                                                   "'multistep', 'cosine'"),
+                          ("train.bf16=2", "key 'train.bf16' expects a boolean (true or false), got 2")):
+        with pytest.raises(SystemExit) as ex:
+            stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--runs-root", str(runs), bad])
+        assert ex.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+        assert ": error: override" in err.strip().splitlines()[-1]          # one line after the usage
+    assert not runs.exists()
+
+
+def test_a_failed_start_does_not_block_the_rerun(tmp_path, capsys):
+    from utils.run_dir import RunDir, run_dir_problem
+
+    path = write(tmp_path, "", name="toy.yaml")
+    runs = tmp_path / "runs"
+    failed = runs / "toy" / "mini"
+    (failed / "checkpoints").mkdir(parents=True)                # what a crash before training leaves behind
+    (failed / "tb").mkdir()
+    assert run_dir_problem(failed, resume=False, overwrite=False) is None
+    cfg, args = stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--runs-root", str(runs)])
+    assert not args.overwrite
+    run = RunDir("toy", args.name, runs)
+    assert run.ckpt_dir.is_dir() and run.tb_dir.is_dir()
+    # once a config or a checkpoint is there, it is a run: refused
+    (failed / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert "already exists" in run_dir_problem(failed, resume=False, overwrite=False)
+    with pytest.raises(SystemExit):
+        stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--runs-root", str(runs)])
+    assert "already exists; pass --resume" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 
 from tests.toy_task import main as toy_main
 from utils.checkpoint import load_checkpoint
-from utils.distributed import DistContext, env_context, gather_objects, init_distributed
+from utils.distributed import DistContext, env_context, gather_objects, init_distributed, is_main_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,17 @@ def test_env_context_reads_torchrun_variables(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(RuntimeError, match=r"RANK=4 must lie in \[0, WORLD_SIZE=4\)"):
         env_context()
+
+
+def test_is_main_process_follows_the_rank_of_the_environment(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert is_main_process()                                   # a plain process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
 
 
 def torchrun(root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -319,6 +319,52 @@ def test_train_evaluator_script_writes_a_loadable_official_checkpoint(mini_root,
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt", stage="evaluator")
     torch.testing.assert_close(e.motion_encoder.state_dict()["hidden"], ckpt["model"]["motion_encoder.hidden"])
     assert ev.read_opt_txt(run / "text_mot_match" / "opt.txt")["dim_coemb_hidden"] == 8
+    assert any((run / "tb" / "pretrain").iterdir())                   # the pre-training losses (rank 0)
+
+
+def test_train_evaluator_refuses_bad_settings_before_pretraining_or_creating_the_run(mini_root, tmp_path, capsys):
+    import train_evaluator
+
+    base = ["--config", "configs/mini/evaluator.yaml", "--runs-root", str(tmp_path), f"data.root={mini_root}"]
+    for bad, message in (("train.schedule=cosin", "override 'train.schedule=cosin': train.schedule='cosin': "
+                                                  "expected one of 'constant', 'multistep', 'cosine'"),
+                         ("data.dataset=xyz", "override 'data.dataset=xyz': data.dataset='xyz': expected one of "
+                                              "'t2m', 'kit'"),
+                         ("loss.movement_mode=both", "loss.movement_mode='both': expected one of 'pretrain', "
+                                                     "'joint'"),
+                         ("model.dim_pose=100", "model.dim_pose=100 does not match data.dataset='t2m'")):
+        with pytest.raises(SystemExit) as ex:
+            train_evaluator.main([*base, bad])
+        assert ex.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "evaluator").exists()
+    # KIT with the default (t2m) width is fine: the script sets model.dim_pose from the dataset
+    from utils.config import load_config
+    from utils.tasks.evaluator import EvaluatorStageConfig
+    assert load_config(EvaluatorStageConfig, "configs/mini/evaluator.yaml", ["data.dataset=kit"]).data.dataset == "kit"
+
+
+def test_train_evaluator_writes_outside_the_training_loop_on_rank_zero_only(mini_root, tmp_path, monkeypatch):
+    """With the rank helper faking rank 1, the script's own writes (config.yaml before pre-training, the
+    pre-training tensorboard events, the official export) do not happen; the Trainer's rank is its own."""
+    import train_evaluator
+    from utils import distributed
+
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert train_evaluator.main(["--config", "configs/mini/evaluator.yaml", "--runs-root", str(tmp_path),
+                                 "--name", "r1", f"data.root={mini_root}", *TINY_OVERRIDES]) == 0
+    run = tmp_path / "evaluator" / "r1"
+    assert (run / "checkpoints" / "last.pt").is_file()                  # the Trainer ran (real rank 0)
+    assert not (run / "tb" / "pretrain").exists() and not (run / "text_mot_match").exists()
+    monkeypatch.setattr(distributed, "is_main_process", lambda: True)
+    from utils.config import load_config
+    from utils.run_dir import RunDir
+    from utils.tasks.evaluator import EvaluatorStageConfig
+    cfg = load_config(EvaluatorStageConfig, run / "config.yaml")
+    final = train_evaluator.after_training(RunDir("evaluator", "r1", tmp_path, resume=True), cfg,
+                                           np.zeros(263, np.float32), np.ones(263, np.float32))
+    assert final == run / "text_mot_match" / "model" / "finest.tar" and final.is_file()
 
 
 @pytest.mark.slow

@@ -406,3 +406,54 @@ def test_mini_training_retrieves_far_above_chance(tmp_path):
           f"m2t/R01 {res['m2t/R01']}, t2m/R10 {res['t2m/R10']}, t2m/MedR {res['t2m/MedR']}")
     assert res["t2m/R01"] > 5 * chance
     assert res["t2m/R10"] > min(90.0, 3 * 10 * chance)             # R@10 chance is 10/N
+
+
+def test_train_retriever_writes_the_val_report_of_all_protocols_on_rank_zero_only(mini_root, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """train_retriever.py: after training, the kept checkpoint on val under the four TMR protocols → retrieval_val.*;
+    on a rank other than 0 the post-training step writes nothing (no database, no report)."""
+    import json
+
+    import train_retriever
+    from datasets.motion_dataset import build_dataset
+    from models.retriever import default_database_path
+    from tests.tiny_stages import tiny_retriever_overrides
+    from utils import distributed
+    from utils.config import load_config
+    from utils.run_dir import RunDir
+    from utils.tasks.retriever import RetrieverStageConfig
+
+    argv = ["--config", "configs/mini/retriever.yaml", "--runs-root", str(tmp_path), "--name", "s",
+            *tiny_retriever_overrides(mini_root)]
+    assert train_retriever.main(argv) == 0
+    run_path = tmp_path / "retriever" / "s"
+    md, js = run_path / "retrieval_val.md", run_path / "retrieval_val.json"
+    assert f"{md}" in capsys.readouterr().out                              # the path is printed
+    n_val = len(build_dataset(load_config(RetrieverStageConfig, "configs/mini/retriever.yaml",
+                                          tiny_retriever_overrides(mini_root)).data, "val", "text").corpus.entries)
+    report = json.loads(js.read_text())
+    assert report["split"] == "val" and report["num_entries"] == n_val
+    assert report["checkpoint"] == str(run_path / "checkpoints" / "best.pt")
+    text = md.read_text()
+    for proto in ("normal", "threshold", "nsim", "guo"):
+        assert f"| {proto} | text→motion |" in text and f"| {proto} | motion→text |" in text
+    expected = {"normal", "threshold", "nsim"} | ({"guo"} if n_val >= 32 else set())
+    assert set(report["protocols"]) == expected
+    for metrics in report["protocols"].values():
+        assert 0 <= metrics["t2m/R01"] <= metrics["t2m/R10"] <= 100 and metrics["m2t/MedR"] >= 1
+    if n_val < 32:                                                         # mini val split: too small for guo
+        assert "needs at least one batch of 32" in report["skipped"]["guo"] and "guo: skipped" in text
+        assert "| guo | text→motion | – | – | – | – | – | – |" in text
+
+    # a faked rank 1: the post-training step writes nothing
+    md.unlink()
+    js.unlink()
+    db = default_database_path(run_path / "checkpoints" / "best.pt")
+    db.unlink()
+    cfg = load_config(RetrieverStageConfig, "configs/mini/retriever.yaml", tiny_retriever_overrides(mini_root))
+    run = RunDir("retriever", "s", tmp_path, resume=True)
+    before = sorted(p.relative_to(run_path) for p in run_path.rglob("*"))
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert train_retriever.after_training(run, cfg, "cpu") is None
+    assert sorted(p.relative_to(run_path) for p in run_path.rglob("*")) == before
+    assert not md.exists() and not js.exists() and not db.exists()

@@ -181,8 +181,38 @@ def test_train_rvq_cli_runs_and_refuses_mismatched_datasets(mini_root, tmp_path,
     metrics = train_rvq.main(argv)
     assert metrics["step"] == 2.0 and (tmp_path / "rvq/cli/checkpoints/best.pt").is_file()
     assert (tmp_path / "rvq/cli/config.yaml").is_file()
-    with pytest.raises(SystemExit, match="data.dataset='t2m' but model.dataset='kit'"):
+    with pytest.raises(SystemExit) as ex:
         train_rvq.main(argv[:-1] + ["model.dataset=kit", "--overwrite"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: override 'model.dataset=kit': data.dataset='t2m' but model.dataset='kit'; set both" in err
+    assert (tmp_path / "rvq/cli/checkpoints/best.pt").is_file()          # refused before --overwrite deleted it
+
+
+def test_train_rvq_refuses_bad_settings_before_loading_data(tmp_path, capsys):
+    import train_rvq
+    argv = ["--config", str(REPO / "configs/mini/rvq.yaml"), "--runs-root", str(tmp_path), "data.root=/nonexistent"]
+    for bad, message in (("train.schedule=cosin", "train.schedule='cosin': expected one of 'constant', 'multistep', "
+                                                  "'cosine'"),
+                         ("model.sample=top1", "model.sample='top1': expected one of 'argmax', 'gumbel'"),
+                         ("loss.recon=l2", "loss.recon='l2': expected one of 'smooth_l1', 'l1'")):
+        with pytest.raises(SystemExit) as ex:
+            train_rvq.main([*argv, bad])
+        assert ex.value.code == 2 and message in capsys.readouterr().err
+    assert not tmp_path.joinpath("rvq").exists()
+
+
+def test_render_after_training_happens_on_rank_zero_only(trained_run, monkeypatch):
+    import train_rvq
+    from utils import distributed
+    cfg, _, run, _ = trained_run
+    assert cfg.val.render
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert train_rvq.after_training(run, cfg) is None
+    assert not (run.path / "recon.png").exists()
+    monkeypatch.setattr(distributed, "is_main_process", lambda: True)
+    png = train_rvq.after_training(run, cfg)
+    assert png is not None and Path(png) == run.path / "recon.png" and Path(png).stat().st_size > 1000
 
 
 def test_train_rvq_help_lists_the_config_keys(capsys):

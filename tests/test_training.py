@@ -207,6 +207,24 @@ def test_bad_train_config_names_the_key(tmp_path, kw, match):
         Trainer(ToyTask(), cfg_for(**kw), RunDir("toy", "x", root=tmp_path), ToyDataset(), collate_fn=toy_collate)
 
 
+def test_train_config_check_is_one_line_naming_key_value_and_allowed_values():
+    from utils.config import ConfigError
+    from utils.training import check_train_config
+
+    cases = [({"schedule": "cosin"}, "train.schedule='cosin': expected one of 'constant', 'multistep', 'cosine'"),
+             ({"optimizer": "sgd"}, "train.optimizer='sgd': expected one of 'adamw', 'adam'"),
+             ({"log_every": 0}, "train.log_every=0: expected an integer >= 1"),
+             ({"betas": [0.9]}, "train.betas=[0.9]: expected two numbers in [0, 1), e.g. [0.9, 0.99]"),
+             ({"milestones": [5, 3]}, "train.milestones=[5, 3]: expected increasing step numbers"),
+             ({"grad_clip": -1.0}, "train.grad_clip=-1.0: expected a number >= 0"),
+             ({"device": "tpu0"}, "train.device='tpu0': expected 'auto', 'cpu', 'cuda' or 'cuda:N'")]
+    for kw, message in cases:
+        with pytest.raises(ConfigError) as err:
+            check_train_config(cfg_for(**kw))
+        assert str(err.value) == message and err.value.key == "train." + next(iter(kw))
+    check_train_config(cfg_for(device="cuda:1", schedule="cosine"))        # syntax only: no CUDA needed
+
+
 def test_bf16_and_compile_are_ignored_with_a_warning_on_cpu(tmp_path):
     with pytest.warns(UserWarning, match="bf16"):
         trainer = Trainer(ToyTask(), cfg_for(bf16=True), RunDir("toy", "x", root=tmp_path), ToyDataset(),

@@ -4,7 +4,10 @@ A stage config is a dataclass of sub-config dataclasses (`data`, `model`, `train
 the dataclass defaults, the stage's YAML file (`configs/<dataset>/<stage>.yaml`), and `a.b=value` overrides from the
 command line (values are parsed as YAML, so `train.milestones=[1000,2000]` is a list and `train.lr=1e-4` a float).
 OmegaConf checks every key and type against the dataclass; any mistake is a `ConfigError` that names the key and the
-file or override it came from.
+file or override it came from. Booleans take only true / false (or yes / no, on / off), never numbers. After the merge,
+the value checks registered for the config's dataclasses (`register_check`: enumerated choices such as
+train.schedule or data.dataset, ranges, cross-key rules) run on the loaded config, so every script refuses a bad
+setting right after parsing, before any folder is created or any data is loaded.
 
     cfg = load_config(RVQStageConfig, "configs/mini/rvq.yaml", ["train.lr=1e-4"])
     cfg, args = stage_cli(RVQStageConfig, "rvq", description=__doc__)   # what every train_*.py does
@@ -18,9 +21,10 @@ import io
 import os
 import re
 import tokenize
+import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -34,16 +38,69 @@ _MOD = "utils/config.py"
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the stage's config dataclass."""
+    """A config file or override that does not fit the stage's config dataclass. `key`: the dotted key at fault,
+    when one is known."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Value checks: registered per config dataclass, run on every loaded config
+# --------------------------------------------------------------------------------------------------------------
+
+ConfigCheck = Callable[[Any, str], None]
+_CHECKS: dict[type, list[ConfigCheck]] = {}
+
+
+def register_check(cls: type, check: ConfigCheck) -> ConfigCheck:
+    """Run `check(instance, prefix)` on every instance of the config dataclass `cls` that `load_config` loads.
+
+    `prefix` is the dotted path of the instance in the stage config ("train." for `cfg.train`, "" for the stage
+    config itself), so a check names keys as the user writes them. A check raises `ConfigError` (use
+    `bad_value` / `check_choice`), one line naming the key, the bad value and what is allowed.
+    Registering the same function twice for a class has no effect.
+    """
+    checks = _CHECKS.setdefault(cls, [])
+    if check not in checks:
+        checks.append(check)
+    return check
+
+
+def bad_value(key: str, value: Any, expected: str) -> ConfigError:
+    """`ConfigError("train.schedule='cosin': expected one of ...", key="train.schedule")`."""
+    return ConfigError(f"{key}={value!r}: expected {expected}", key=key)
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    """Refuse `value` unless it is one of `choices`, naming the key, the value and every allowed value."""
+    choices = list(choices)
+    if value not in choices:
+        raise bad_value(key, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def validate_config(cfg: Any, prefix: str = "") -> None:
+    """Run the registered checks on a config dataclass instance and on each nested one (innermost first)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value, f"{prefix}{f.name}.")
+    for cls in type(cfg).__mro__:
+        for check in _CHECKS.get(cls, ()):
+            check(cfg, prefix)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Loading and merging
 # --------------------------------------------------------------------------------------------------------------
 
-def _describe(err: OmegaConfBaseException, source: str, schema: type | None = None) -> str:
-    """One line naming the key, the source, the expected type and what OmegaConf objected to."""
-    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+def _describe(err: OmegaConfBaseException, source: str, schema: type | None = None, key: str | None = None) -> str:
+    """One line naming the key, the source, the expected type and what OmegaConf objected to. `key`: the key to
+    name when OmegaConf does not know it (e.g. a whole section replaced by a number)."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or key or "?"
     msg = str(getattr(err, "msg", None) or err).splitlines()[0]
     if "Key '" in msg and "not in" in msg or "Missing key" in msg:
         return f"{source}: unknown key '{key}' ({msg}); see --help for the valid keys"
@@ -56,14 +113,61 @@ def _check_schema(schema: type) -> None:
         raise ConfigError(f"{_MOD}: schema must be a dataclass type, got {schema!r}")
 
 
-def _merge(base: DictConfig, other: Any, source: str, schema: type | None = None) -> DictConfig:
+def _merge(base: DictConfig, other: Any, source: str, schema: type | None = None,
+           key: str | None = None) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err, source, schema)) from None
+        raise ConfigError(_describe(err, source, schema, key)) from None
 
 
-def _read_yaml(path: str | os.PathLike) -> DictConfig:
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off")
+
+
+def _field_types(schema: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # unresolvable annotation: fall back to the raw annotations
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(schema)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(T, True) for Optional[T] / T | None, else (tp, False)."""
+    args = typing.get_args(tp)
+    if args and type(None) in args and typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+    return tp, False
+
+
+def _check_raw(schema: type, data: Any, source: str, prefix: str = "") -> None:
+    """What OmegaConf lets through or reports badly, checked on the raw values before the merge: a section
+    (sub-config) given a scalar, and a boolean given anything but true / false (OmegaConf turns 2 into True)."""
+    if not isinstance(data, dict):
+        return
+    fields = _field_types(schema)
+    for name, value in data.items():
+        if name not in fields:
+            continue                                    # unknown keys: OmegaConf names them
+        key = f"{prefix}{name}"
+        tp, optional = _unwrap_optional(fields[name])
+        if value is None and optional:
+            continue
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                example = next((f.name for f in dataclasses.fields(tp)), "key")
+                raise ConfigError(f"{source}: key '{key}' is a section ({tp.__name__}), not a value; set its keys, "
+                                  f"e.g. {key}.{example}=..., got {value!r}", key=key)
+            _check_raw(tp, value, source, key + ".")
+        elif tp is bool:
+            ok = isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in _BOOL_WORDS)
+            if not ok:
+                raise ConfigError(f"{source}: key '{key}' expects a boolean (true or false), got {value!r}", key=key)
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (expected a YAML file such as configs/mini/<stage>.yaml; "
@@ -77,7 +181,7 @@ def _read_yaml(path: str | os.PathLike) -> DictConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:, ...) at top level, "
                           f"got {type(data).__name__}")
-    return OmegaConf.create(data)
+    return data
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -109,11 +213,33 @@ def load_config(schema: type[T], path: str | os.PathLike | None, overrides: Sequ
     _check_schema(schema)
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        cfg = _merge(cfg, _read_yaml(path), str(path), schema)
-    for text in overrides:
-        key, value = parse_override(text)
-        cfg = _merge(cfg, _override_node(key, value), f"override {text!r}", schema)
-    return _to_object(cfg, str(path) if path is not None else schema.__name__)
+        data = _read_yaml(path)
+        _check_raw(schema, data, str(path))
+        cfg = _merge(cfg, OmegaConf.create(data), str(path), schema)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for text, key, value in parsed:
+        source = f"override {text!r}"
+        node = _override_node(key, value)
+        _check_raw(schema, OmegaConf.to_container(node), source)
+        cfg = _merge(cfg, node, source, schema, key)
+    obj = _to_object(cfg, str(path) if path is not None else schema.__name__)
+    try:
+        validate_config(obj)
+    except ConfigError as err:
+        raise ConfigError(f"{_source_of(err, path, parsed, schema)}: {err}", key=err.key) from None
+    return obj
+
+
+def _source_of(err: ConfigError, path, parsed: Sequence[tuple[str, str, Any]], schema: type) -> str:
+    """Where the refused value came from: the last override that set the error's key (or its section), else the
+    last override whose key the message names (a rule over two keys), else the file."""
+    for text, okey, _ in reversed(parsed):
+        if err.key and (err.key == okey or err.key.startswith(okey + ".")):
+            return f"override {text!r}"
+    for text, okey, _ in reversed(parsed):
+        if re.search(rf"(?<![\w.]){re.escape(okey)}(?![\w])", str(err)):
+            return f"override {text!r}"
+    return str(path) if path is not None else f"defaults of {schema.__name__}"
 
 
 def _to_object(cfg: DictConfig, source: str):
@@ -156,6 +282,7 @@ def from_dict(schema: type[T], d: dict, source: str = "config dict") -> T:
     _check_schema(schema)
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a dict for {schema.__name__}, got {type(d).__name__}")
+    _check_raw(schema, d, source)
     cfg = _merge(OmegaConf.structured(schema), OmegaConf.create(d), source, schema)
     return _to_object(cfg, source)
 

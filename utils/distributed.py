@@ -3,6 +3,10 @@
 `torchrun --nproc_per_node N train_rvq.py ...` sets WORLD_SIZE / RANK / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT).
 `init_distributed` reads them and joins the process group (nccl on CUDA, gloo on CPU); a plain `python train_rvq.py`
 sees no WORLD_SIZE and runs as a single process with `DistContext()` (rank 0 of 1).
+
+Only rank 0 writes files. Steps outside the training loop (writing config.yaml before it, exports, databases and
+reports after it) check `is_main_process()`; the Trainer destroys the process group when `fit` returns, so those
+post-training steps run on rank 0 alone and the other ranks simply finish.
 """
 from __future__ import annotations
 
@@ -49,6 +53,12 @@ def env_context() -> DistContext:
     if world < 1 or not 0 <= rank < world:
         raise RuntimeError(f"torchrun environment: RANK={rank} must lie in [0, WORLD_SIZE={world})")
     return DistContext(rank=rank, local_rank=local, world_size=world)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the only one that writes files. Reads the environment, so it
+    also holds before the process group exists and after the Trainer has destroyed it (post-training steps)."""
+    return env_context().is_main
 
 
 def local_device(device: torch.device, ctx: DistContext) -> torch.device:

@@ -8,7 +8,9 @@
       eval.json, eval.md     evaluation reports
 
 A second run with the same name is refused unless `resume` (continue from last.pt) or `overwrite` (delete the old
-run first) is given. Under torchrun only rank 0 touches the file system; the other ranks only compute the paths.
+run first) is given; a folder without config.yaml and without a checkpoint (a start that failed before training)
+does not count as a run and is reused. Under torchrun only rank 0 touches the file system; the other ranks only
+compute the paths.
 """
 from __future__ import annotations
 
@@ -25,9 +27,18 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def run_started(path: str | os.PathLike) -> bool:
+    """Whether the folder holds a run worth protecting: its config.yaml or a checkpoint (checkpoints/*.pt).
+    A folder with neither (a start that failed before training began, e.g. empty checkpoints/ and tb/) is not."""
+    path = Path(path)
+    ckpt_dir = path / "checkpoints"
+    return (path / "config.yaml").is_file() or (ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")))
+
+
 def run_dir_problem(path: str | os.PathLike, resume: bool, overwrite: bool) -> str | None:
     """Why the run at `path` cannot start as asked (None = it can). Shared by RunDir and utils.config.stage_cli,
-    which checks before any data is loaded."""
+    which checks before any data is loaded. A new run may reuse the folder of a failed start (`run_started`
+    False); a started run is refused without --resume / --overwrite."""
     path = Path(path)
     last = path / "checkpoints" / "last.pt"
     existing = path.is_dir() and any(path.iterdir())
@@ -38,7 +49,7 @@ def run_dir_problem(path: str | os.PathLike, resume: bool, overwrite: bool) -> s
         return (f"--resume: no checkpoint to resume from at {last} "
                 f"({'the run exists but has no last.pt' if existing else 'no such run'}); "
                 f"start the run without --resume")
-    if existing and not resume and not overwrite:
+    if existing and not resume and not overwrite and run_started(path):
         return (f"run dir {path} already exists; pass --resume to continue it or --overwrite to delete it and "
                 f"start again (or choose another --name)")
     return None

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.motion_dataset import collate
+from datasets.motion_dataset import SPECS, DataConfig, collate
 from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint, unwrap_model
-from utils.config import save_config, to_dict
+from utils.config import ConfigError, bad_value, check_choice, register_check, save_config, to_dict
 from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
                                local_device)
 from utils.run_dir import RunDir
@@ -288,7 +288,7 @@ class Trainer:
 
     def __init__(self, task: TrainTask, cfg: TrainConfig, run: RunDir, train_set: Dataset,
                  val_set: Dataset | None = None, collate_fn: Callable = collate, config: Any = None):
-        _check_config(cfg)
+        check_train_config(cfg)
         if not task.stage:
             raise ValueError(f"{type(task).__name__}.stage is empty; set it to the stage name (e.g. 'rvq')")
         if not isinstance(getattr(task, "model", None), nn.Module):
@@ -611,30 +611,63 @@ class Trainer:
         log.info("parameters: %s trainable of %s", f"{trainable:,}", f"{total:,}")
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    def bad(key: str, expected: str) -> ValueError:
-        return ValueError(f"train.{key}={getattr(cfg, key)!r}: expected {expected}")
-    if cfg.schedule not in SCHEDULES:
-        raise bad("schedule", f"one of {SCHEDULES}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise bad("optimizer", f"one of {OPTIMIZERS}")
-    for key in ("batch_size", "accum_steps"):
+def check_train_config(cfg: TrainConfig, prefix: str = "train.") -> None:
+    """Refuse bad optimisation settings with a one-line ConfigError naming the key, the value and what is allowed.
+
+    Registered with utils.config, so every script runs it right after loading its config (before any folder is
+    created or data loaded); the Trainer runs it again for configs built in code.
+    """
+    def bad(key: str, expected: str) -> ConfigError:
+        return bad_value(prefix + key, getattr(cfg, key), expected)
+    check_choice(prefix + "schedule", cfg.schedule, SCHEDULES)
+    check_choice(prefix + "optimizer", cfg.optimizer, OPTIMIZERS)
+    if not _valid_device_name(cfg.device):
+        raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    for key in ("batch_size", "accum_steps", "log_every"):
         if getattr(cfg, key) < 1:
             raise bad(key, "an integer >= 1")
-    for key in ("epochs", "max_steps", "warmup_steps", "log_every", "val_every", "ckpt_every", "num_workers"):
+    for key in ("epochs", "max_steps", "warmup_steps", "val_every", "ckpt_every", "num_workers"):
         if getattr(cfg, key) < 0:
             raise bad(key, "an integer >= 0")
-    if cfg.log_every == 0:
-        raise bad("log_every", "an integer >= 1")
-    if len(cfg.betas) != 2:
-        raise bad("betas", "two numbers, e.g. [0.9, 0.99]")
+    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise bad("betas", "two numbers in [0, 1), e.g. [0.9, 0.99]")
     if list(cfg.milestones) != sorted(cfg.milestones):
         raise bad("milestones", "increasing step numbers")
+    if not cfg.lr > 0:
+        raise bad("lr", "a number > 0")
+    for key in ("weight_decay", "grad_clip", "min_lr"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "a number >= 0")
+    if not cfg.gamma > 0:
+        raise bad("gamma", "a number > 0")
     if cfg.bf16 and cfg.fp16:
-        raise ValueError("train.bf16 and train.fp16 are both true; choose one")
-    if cfg.lr <= 0 or cfg.grad_clip < 0 or cfg.min_lr < 0:
-        raise ValueError(f"train.lr={cfg.lr}, train.grad_clip={cfg.grad_clip}, train.min_lr={cfg.min_lr}: "
-                         f"expected lr > 0, grad_clip >= 0, min_lr >= 0")
+        raise ConfigError(f"{prefix}bf16 and {prefix}fp16 are both true: expected at most one of them (choose one)",
+                          key=prefix + "fp16")
+
+
+def _valid_device_name(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, TypeError):
+        return False
+
+
+def check_data_config(cfg: DataConfig, prefix: str = "data.") -> None:
+    """The data settings every stage shares: a known dataset and positive sizes (registered with utils.config)."""
+    check_choice(prefix + "dataset", cfg.dataset, tuple(SPECS))
+    for key in ("max_motion_length", "unit_length", "window_size", "max_text_len"):
+        if getattr(cfg, key) < 1:
+            raise bad_value(prefix + key, getattr(cfg, key), "an integer >= 1")
+    if cfg.min_motion_length < 0:
+        raise bad_value(prefix + "min_motion_length", cfg.min_motion_length, "an integer >= 0 (0 = dataset default)")
+    if not cfg.feat_bias > 0:
+        raise bad_value(prefix + "feat_bias", cfg.feat_bias, "a number > 0 (1 = the raw Std)")
+
+
+register_check(TrainConfig, check_train_config)
+register_check(DataConfig, check_data_config)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -36,6 +36,7 @@ from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementCon
 from utils import metrics
 from utils.atomic import atomic_open
 from utils.checkpoint import load_model_state
+from utils.config import ConfigError, bad_value, check_choice, register_check
 from utils.training import TrainConfig, TrainTask, move_to_device
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,26 @@ class EvaluatorStageConfig:
     loss: EvaluatorLossConfig = field(default_factory=EvaluatorLossConfig)
 
 
-def check_stage_config(cfg: EvaluatorStageConfig) -> None:
-    """The model width must match the dataset; the movement mode must be known."""
+def check_stage_config(cfg: EvaluatorStageConfig, prefix: str = "") -> None:
+    """The model width must match the dataset; the movement mode must be known. ConfigError naming the key."""
+    check_choice(f"{prefix}loss.movement_mode", cfg.loss.movement_mode, ("pretrain", "joint"))
+    if cfg.loss.movement_pretrain_steps < 0:
+        raise bad_value(f"{prefix}loss.movement_pretrain_steps", cfg.loss.movement_pretrain_steps, "an integer >= 0")
+    if not cfg.loss.movement_pretrain_lr > 0:
+        raise bad_value(f"{prefix}loss.movement_pretrain_lr", cfg.loss.movement_pretrain_lr, "a number > 0")
     expected = dim_pose_of(cfg.data.dataset)
     if cfg.model.dim_pose != expected:
-        raise ValueError(f"utils/tasks/evaluator.py: model.dim_pose={cfg.model.dim_pose} does not match "
-                         f"data.dataset={cfg.data.dataset!r} ({expected}-d features); set model.dim_pose={expected}")
-    if cfg.loss.movement_mode not in ("pretrain", "joint"):
-        raise ValueError(f"utils/tasks/evaluator.py: loss.movement_mode must be 'pretrain' or 'joint', got "
-                         f"{cfg.loss.movement_mode!r}")
+        raise ConfigError(f"{prefix}model.dim_pose={cfg.model.dim_pose} does not match {prefix}data.dataset="
+                          f"{cfg.data.dataset!r} ({expected}-d features); set model.dim_pose={expected}",
+                          key=f"{prefix}model.dim_pose")
+
+
+def _check_loaded_config(cfg: EvaluatorStageConfig, prefix: str = "") -> None:
+    # train_evaluator.py fills model.dim_pose from the dataset (replace_model_dim) before checking
+    check_stage_config(replace_model_dim(cfg), prefix)
+
+
+register_check(EvaluatorStageConfig, _check_loaded_config)
 
 
 class EvaluatorModel(nn.Module):

@@ -6,6 +6,7 @@
     build_database(ckpt_path, data_cfg, split="train") -> RetrievalDatabase   (saved next to the checkpoint)
     evaluate_retriever(ckpt_path, data_cfg, split="test", protocols=(...), device="cpu") -> {protocol: metrics}
     retrieval_markdown(results, title) -> str     a labelled markdown table of those metrics
+    write_retrieval_report(ckpt_path, data_cfg, out_dir, split="val") -> (md, json)   all protocols, one split
 
 Training (reference §6.4): Adam, base lr 1e-5, with lr factors motion ×10 / text ×1 / heads ×10 (`param_groups`),
 cosine annealing, batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
@@ -15,11 +16,14 @@ optimizer step. With gradient accumulation each micro-batch's keys are enqueued 
 Validation runs each `val_every` steps on the **val** split. Each val entry contributes its first caption and its
 full motion; the protocol is "guo" (TMR protocol (d): batches of 32, for speed). The best checkpoint maximises
 val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal".
+After training, train_retriever.py scores the kept checkpoint on val under all four protocols
+(`write_retrieval_report`: <run>/retrieval_val.md and .json).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,11 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from datasets.motion_dataset import DataConfig, MotionTextDataset, build_dataset
-from models.retriever import (BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
+from models.retriever import (PART_JOINTS, BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
                               default_database_path)
+from models.text_encoders import TEXT_ENCODERS
 from utils.checkpoint import load_model
+from utils.config import ConfigError, bad_value, check_choice, register_check
 from utils.markdown import markdown_table
-from utils.retrieval_metrics import GUO_BATCH, PROTOCOLS, protocol_guo, protocol_normal, retrieval_protocols
+from utils.retrieval_metrics import (GUO_BATCH, NSIM_SIZE, PROTOCOLS, protocol_guo, protocol_normal,
+                                     retrieval_protocols)
 from utils.training import TrainConfig, TrainTask
 
 log = logging.getLogger("remomask.retriever")
@@ -47,6 +54,7 @@ class RetrieverRunConfig:
     head_lr_factor: float = 10.0     # reference §6.4
     val_protocol: str = "guo"        # TMR protocol (d) on val, batches of 32 (reference §8); "normal" for tiny splits
     build_database: bool = True      # build the retrieval database from the train split after training
+    final_eval: bool = True          # after training: kept checkpoint on val, all 4 TMR protocols (retrieval_val.md)
     database_batch_size: int = 64    # encoding batch of the database build / evaluation (no effect on results)
 
 
@@ -67,17 +75,30 @@ class RetrieverStageConfig:
     retriever: RetrieverRunConfig = field(default_factory=RetrieverRunConfig)
 
 
-def check_stage_config(cfg: RetrieverStageConfig) -> None:
-    """Refuse mismatched data / model settings, naming both keys."""
-    if cfg.data.dataset != cfg.model.dataset:
-        raise RetrieverError(f"{_MOD}: data.dataset={cfg.data.dataset!r} but model.dataset={cfg.model.dataset!r}; "
-                             f"set both to the same dataset")
-    if cfg.data.feat_bias != 1.0:
-        log.warning("data.feat_bias=%s: the reference retriever uses the raw Std (feat_bias 1, reference §1.5)",
-                    cfg.data.feat_bias)
-    if cfg.retriever.val_protocol not in ("guo", "normal"):
-        raise RetrieverError(f"{_MOD}: retriever.val_protocol must be 'guo' or 'normal', got "
-                             f"{cfg.retriever.val_protocol!r}")
+def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
+    """Enumerated choices, the model's own rules and the data ↔ model dataset match, as one-line ConfigErrors naming
+    the key (run by utils.config on loading, and by RetrieverTask)."""
+    m = cfg.model
+    check_choice(f"{prefix}model.dataset", m.dataset, tuple(PART_JOINTS))
+    check_choice(f"{prefix}model.text_encoder", m.text_encoder, TEXT_ENCODERS)
+    check_choice(f"{prefix}model.text_pooling", m.text_pooling, ("mean", "cls"))
+    check_choice(f"{prefix}model.loss_reduction", m.loss_reduction, ("mean", "sum"))
+    check_choice(f"{prefix}retriever.val_protocol", cfg.retriever.val_protocol, ("guo", "normal"))
+    if cfg.retriever.database_batch_size < 1:
+        raise bad_value(f"{prefix}retriever.database_batch_size", cfg.retriever.database_batch_size, "an integer >= 1")
+    try:
+        m.validate()
+    except RetrieverError as err:
+        text = str(err).removeprefix("models/retriever.py: ")
+        found = re.search(r"model\.\w+", text)
+        raise ConfigError(f"{prefix}{text}" if text.startswith("model.") else text,
+                          key=f"{prefix}{found.group(0)}" if found else None) from None
+    if cfg.data.dataset != m.dataset:
+        raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
+                          f"both to the same dataset", key=f"{prefix}model.dataset")
+
+
+register_check(RetrieverStageConfig, check_stage_config)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -116,6 +137,9 @@ class RetrieverTask(TrainTask):
 
     def __init__(self, cfg: RetrieverStageConfig, val_set: MotionTextDataset | None = None):
         check_stage_config(cfg)
+        if cfg.data.feat_bias != 1.0:
+            log.warning("data.feat_bias=%s: the reference retriever uses the raw Std (feat_bias 1, reference §1.5)",
+                        cfg.data.feat_bias)
         self.cfg = cfg
         self.model = BMMRetriever(cfg.model)
         self.model.check_batch_size(cfg.train.batch_size)
@@ -231,3 +255,44 @@ def retrieval_markdown(results: dict[str, dict[str, float]], title: str = "Retri
                for c in RETRIEVAL_COLUMNS)]
             for proto, metrics in results.items() for direction in ("t2m", "m2t"))
     return "\n".join(lines + markdown_table(header, rows)) + "\n"
+
+
+def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir: str | Path, split: str = "val",
+                           protocols: Sequence[str] = PROTOCOLS, device: str = "cpu", batch_size: int = 64,
+                           num_entries: int | None = None, sentence_encoder=None) -> tuple[Path, Path]:
+    """Score a retriever checkpoint on `split` under the TMR `protocols` (`evaluate_retriever`) and write
+    `<out_dir>/retrieval_<split>.md` and `.json` (atomically). Returns (md path, json path).
+
+    "guo" needs one batch of 32 entries: on a smaller split it is skipped, shown as "–" rows and explained under the
+    table (and under "skipped" in the JSON). `num_entries`: the split's entry count when the caller knows it.
+    """
+    import json
+
+    from utils.atomic import atomic_write_text
+
+    if num_entries is None:
+        _, config = load_retriever(ckpt_path, "cpu")
+        num_entries = len(build_dataset(_data_for(config, data_cfg, ckpt_path), split, "text").corpus.entries)
+    skipped = {}
+    if "guo" in protocols and num_entries < GUO_BATCH:
+        skipped["guo"] = f"needs at least one batch of {GUO_BATCH} entries; the {split} split has {num_entries}"
+    run_protocols = tuple(p for p in protocols if p not in skipped)
+    results = evaluate_retriever(ckpt_path, data_cfg, split=split, protocols=run_protocols, device=device,
+                                 sentence_encoder=sentence_encoder, batch_size=batch_size) if run_protocols else {}
+    table = {p: results.get(p, {}) for p in protocols}
+    notes = [f"Checkpoint `{ckpt_path}`, {split} split ({num_entries} entries, first caption each), data "
+             f"`{data_cfg.root}`."]
+    if "mini" in Path(data_cfg.root).name.lower():
+        notes.append("Mini dataset: the numbers are a smoke test, never comparable to paper tables.")
+    if "nsim" in run_protocols:
+        notes.append(f"nsim: {min(NSIM_SIZE, num_entries)} mutually dissimilar entries chosen from caption "
+                     f"similarities (TMR's nsim_test.txt lists test entries only).")
+    notes += [f"{p}: skipped ({why})." for p, why in skipped.items()]
+    out_dir = Path(out_dir)
+    md, js = out_dir / f"retrieval_{split}.md", out_dir / f"retrieval_{split}.json"
+    atomic_write_text(md, retrieval_markdown(table, f"Retriever on the {split} split (TMR protocols)",
+                                             note="\n".join(f"- {n}" for n in notes)))
+    report = {"checkpoint": str(ckpt_path), "split": split, "num_entries": num_entries, "data_root": data_cfg.root,
+              "dataset": data_cfg.dataset, "protocols": results, "skipped": skipped}
+    atomic_write_text(js, json.dumps(report, indent=2) + "\n")
+    return md, js

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from datasets.motion_dataset import DataConfig
-from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
+from models.rvq import DATASET_DIMS, RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
 from utils.checkpoint import CheckpointError, load_model
+from utils.config import ConfigError, bad_value, check_choice, register_check
 from utils.training import TrainConfig, TrainTask
 
 MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
@@ -46,6 +47,28 @@ class RVQStageConfig:
     train: TrainConfig = field(default_factory=_default_train)
     loss: RVQLossConfig = field(default_factory=RVQLossConfig)
     val: RVQValConfig = field(default_factory=RVQValConfig)
+
+
+def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
+    """Enumerated model / loss settings and the data ↔ model dataset match (run by utils.config on loading)."""
+    m, loss = cfg.model, cfg.loss
+    check_choice(f"{prefix}model.dataset", m.dataset, tuple(DATASET_DIMS))
+    check_choice(f"{prefix}model.sample", m.sample, ("argmax", "gumbel"))
+    check_choice(f"{prefix}loss.recon", loss.recon, ("smooth_l1", "l1"))
+    for key in ("width", "depth", "nb_code", "code_dim", "num_quantizers", "global_nb_code", "global_code_dim",
+                "global_width"):
+        if getattr(m, key) < 1:
+            raise bad_value(f"{prefix}model.{key}", getattr(m, key), "an integer >= 1")
+    if not 0.0 <= m.quantize_dropout <= 1.0:
+        raise bad_value(f"{prefix}model.quantize_dropout", m.quantize_dropout, "a probability in [0, 1]")
+    if cfg.val.max_batches < 0:
+        raise bad_value(f"{prefix}val.max_batches", cfg.val.max_batches, "an integer >= 0 (0 = the whole split)")
+    if cfg.data.dataset != m.dataset:
+        raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
+                          f"both to the same dataset", key=f"{prefix}model.dataset")
+
+
+register_check(RVQStageConfig, check_stage_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
