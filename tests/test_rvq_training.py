@@ -61,6 +61,7 @@ def test_loss_falls_on_a_tiny_overfit(overfit_one):
 
 
 def test_root_trajectory_survives_reconstruction_without_global_branch(overfit_one):
+    """Measured 2026-11-30 (one thread): mean root error 157 mm (282 mm at the last frame) on a 1,564 mm path."""
     raw, recon, _ = overfit_one
     root_true = features_to_joints(raw, "t2m")[:, 0]            # (T, 3) metres
     root_rec = features_to_joints(recon, "t2m")[:, 0]
@@ -72,6 +73,7 @@ def test_root_trajectory_survives_reconstruction_without_global_branch(overfit_o
 
 
 def test_foot_contacts_survive_reconstruction_without_global_branch(overfit_one):
+    """Measured 2026-11-30 (one thread): 93.4 % of the 4 × 64 contact labels agree."""
     raw, recon, _ = overfit_one
     true_c = raw[:, -4:] > 0.5
     rec_c = recon[:, -4:] > 0.5
@@ -273,3 +275,13 @@ def test_resume_continues_codebooks_and_ema_bit_for_bit(mini_root, tmp_path):
     assert "quantizer.layers.0.code_sum" in a
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_spread_windows_takes_evenly_spaced_items_or_all():
+    from train_rvq import spread_windows
+
+    items = list(range(101))
+    picked = spread_windows(items, 5)
+    assert [picked[i] for i in range(len(picked))] == [0, 25, 50, 75, 100]
+    assert spread_windows(items, 0) is items
+    assert spread_windows(items, 500) is items
