@@ -60,7 +60,7 @@ class QuantizerStats:
     active: Tensor
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        """Scalars for logging: `<prefix>perplexity/l0`, ..., and the means over active levels."""
+        """Scalars for logging: `<prefix>{perplexity,used,live}/l<level>` for every level."""
         out: dict[str, float] = {}
         for name in ("perplexity", "used", "live"):
             values = getattr(self, name)

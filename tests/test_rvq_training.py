@@ -1,6 +1,7 @@
 """Tokenizer training and evaluation (utils/tasks/rvq.py, train_rvq.py): overfits, metrics, checkpoints, the CLI."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -128,9 +129,24 @@ def trained_run(mini_root, tmp_path_factory):
 def test_validation_reports_mpjpe_feature_l1_and_usage(trained_run):
     _, _, _, metrics = trained_run
     for key in ("val/mpjpe_mm", "val/root_err_mm", "val/feature_l1", "val/loss", "val/usage/joint/used_min",
-                "val/usage/joint/perplexity/l0", "val/usage/global/perplexity/l5"):
+                "val/usage/joint/perplexity/l0", "val/usage/global/perplexity/l5", "val/usage/joint/used/l3"):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert metrics["val/mpjpe_mm"] > 0 and 0 < metrics["val/usage/joint/used_min"] <= 1
+    used = [metrics[f"val/usage/joint/used/l{q}"] for q in range(6)]
+    assert metrics["val/usage/joint/used_min"] == pytest.approx(min(used))
+
+
+def test_training_logs_usage_of_every_level(trained_run):
+    cfg, task, _, _ = trained_run
+    batch = collate([build_dataset(cfg.data, "val", "window")[i] for i in range(4)])
+    model = copy.deepcopy(task.model).train()        # a training step moves the EMA codebooks: leave the run's alone
+    _, logs = task.training_step(model, batch, step=0)
+    for part in ("joint", "global"):
+        for name in ("perplexity", "used", "live"):
+            values = [logs[f"{part}/{name}/l{q}"] for q in range(6)]
+            assert all(np.isfinite(values)), (part, name)
+            if name != "perplexity":
+                assert all(0.0 <= v <= 1.0 for v in values), (part, name, values)
 
 
 def test_checkpoint_rebuilds_the_tokenizer_with_ema_state_and_stats(trained_run):

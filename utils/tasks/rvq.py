@@ -149,6 +149,7 @@ class UsageMeter:
             used = (h > 0).float().mean(-1)
             for level in range(h.shape[0]):
                 out[f"usage/{name}/perplexity/l{level}"] = float(ppl[level])
+                out[f"usage/{name}/used/l{level}"] = float(used[level])
             out[f"usage/{name}/used_min"] = float(used.min())      # fraction of the codebook used, worst level
             out[f"usage/{name}/used_mean"] = float(used.mean())
         return out
@@ -202,9 +203,7 @@ class RVQTask(FeatureStats, TrainTask):
         motion = batch["motion"]                                   # (B, window, D) normalised
         out = model(motion)
         loss, logs = self.loss(out, motion)
-        for key, value in out.stats.items():                        # level-0 / last-level usage only, to keep logs short
-            if key.endswith("/l0") or key.endswith(f"/l{self.model.num_quantizers - 1}"):
-                logs[key] = value
+        logs.update(out.stats)          # perplexity, used and live fractions of every level (tensorboard only)
         return loss, logs
 
     @torch.no_grad()
