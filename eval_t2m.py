@@ -14,7 +14,8 @@ evaluator are not comparable to published tables.
 
 `--stage rvq` without an evaluator file (the path does not exist) still reports MPJPE and the other reconstruction
 numbers; the report says that FID / R-precision were skipped and why. A file that exists but cannot be loaded is an
-error (exit 1). Out-of-range eval.* settings (e.g. --replications 0) are refused before anything loads (exit 2).
+error (exit 1). Out-of-range eval.* settings (e.g. --replications 0) are refused when the config loads, before
+anything else (exit 2).
 """
 from __future__ import annotations
 
@@ -190,13 +191,6 @@ def main(argv=None) -> int:
         print("eval_t2m.py: --stage t2m evaluates the full generator (mask + residual transformers), which is not "
               "implemented yet (later issues); available stages: gt, rvq, retriever", file=sys.stderr)
         return 2
-    if args.stage in ("gt", "rvq"):                 # the stages that read the eval.* settings
-        from utils.evaluation import EvalConfigError
-        try:
-            cfg.eval.validate()                     # as requested, before any model or data is loaded
-        except EvalConfigError as e:
-            print(f"eval_t2m.py: {e}", file=sys.stderr)
-            return 2
     from utils.training import select_device
 
     device = select_device(cfg.device)

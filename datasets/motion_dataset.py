@@ -110,6 +110,20 @@ class DataConfig:
     max_text_len: int = 20           # evaluator caption length in words (reference §1.4)
     glove_dir: str = ""              # "" = <root>/glove; only mode "eval" needs it
 
+    def check_values(self, prefix: str = "data.") -> None:
+        """A known dataset and positive sizes; `ConfigError` naming the key (run by utils.config on loading)."""
+        from utils.config import bad_value, check_choice
+
+        check_choice(prefix + "dataset", self.dataset, tuple(SPECS))
+        for key in ("max_motion_length", "unit_length", "window_size", "max_text_len"):
+            if getattr(self, key) < 1:
+                raise bad_value(prefix + key, getattr(self, key), "an integer >= 1")
+        if self.min_motion_length < 0:
+            raise bad_value(prefix + "min_motion_length", self.min_motion_length,
+                            "an integer >= 0 (0 = dataset default)")
+        if not self.feat_bias > 0:
+            raise bad_value(prefix + "feat_bias", self.feat_bias, "a number > 0 (1 = the raw Std)")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,13 @@ def test_value_checks_cover_ranges_and_key_pairs():
 @dataclass
 class Colour:
     name: str = "red"
+    seen: ClassVar[list[str]] = []          # prefixes check_values was called with
+
+    def check_values(self, prefix: str) -> None:
+        from utils.config import check_choice
+
+        Colour.seen.append(prefix)
+        check_choice(prefix + "name", self.name, ("red", "blue"))
 
 
 @dataclass
@@ -250,18 +258,9 @@ class Outer:
     inner: Colour = field(default_factory=Colour)
 
 
-def test_registered_checks_get_the_dotted_prefix_of_their_section():
-    from utils.config import check_choice, register_check
-
-    seen = []
-
-    def check(cfg: Colour, prefix: str) -> None:
-        seen.append(prefix)
-        check_choice(prefix + "name", cfg.name, ("red", "blue"))
-
-    register_check(Colour, check)
-    register_check(Colour, check)                                  # twice: still one check
-    assert load_config(Outer, None, ["inner.name=blue"]).inner.name == "blue" and seen == ["inner."]
+def test_value_checks_get_the_dotted_prefix_of_their_section():
+    assert load_config(Outer, None, ["inner.name=blue"]).inner.name == "blue"
+    assert Colour.seen[-1] == "inner."
     with pytest.raises(ConfigError, match=r"^override 'inner\.name=green': inner\.name='green': expected one of "
                                           r"'red', 'blue'$"):
         load_config(Outer, None, ["inner.name=green"])

@@ -252,13 +252,14 @@ def test_eval_t2m_bad_settings_are_a_one_line_error(tmp_path, capsys, stage, fla
     import eval_t2m
 
     # nothing exists under tmp_path: the settings are checked before any checkpoint, evaluator or data is looked at
-    rc = eval_t2m.main(["--stage", stage, "--runs-root", str(tmp_path), f"data.root={tmp_path}/no_data",
-                        f"evaluator.path={tmp_path}/none.tar", f"checkpoints.rvq={tmp_path}/none.pt",
-                        "device=cpu", *flags])
-    assert rc == 2
+    with pytest.raises(SystemExit) as ex:       # the config loader refuses them (utils.config, EvalConfig.check_values)
+        eval_t2m.main(["--stage", stage, "--runs-root", str(tmp_path), f"data.root={tmp_path}/no_data",
+                       f"evaluator.path={tmp_path}/none.tar", f"checkpoints.rvq={tmp_path}/none.pt",
+                       "device=cpu", *flags])
+    assert ex.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("eval_t2m.py: utils/evaluation.py: ") and message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "error: " in err and "utils/evaluation.py: " + message in err
+    assert "Traceback" not in err
     assert not (tmp_path / "eval").exists()
 
 

@@ -161,6 +161,15 @@ def test_best_checkpoint_follows_the_best_validation(tmp_path):
     assert metrics["val/loss"] == pytest.approx(task.val_losses[-1]) and metrics["step"] == 12
 
 
+def test_validation_every_epoch_with_accumulation(tmp_path):
+    # 64 items / batch 4 = 16 micro-batches per epoch; 2 per optimizer step -> an epoch is 8 steps
+    _, task, _ = train(tmp_path, cfg_for(batch_size=4, accum_steps=2, max_steps=20, val_every_epochs=1), ToyTask())
+    assert len(task.val_losses) == 3                          # steps 8, 16 and the final 20
+    _, task, _ = train(tmp_path, cfg_for(batch_size=4, accum_steps=2, max_steps=20, val_every=6, val_every_epochs=2),
+                       ToyTask(), name="both")
+    assert len(task.val_losses) == 5                          # steps 6, 12, 16 (two epochs), 18, 20
+
+
 def test_missing_best_metric_is_an_error_listing_the_metrics(tmp_path):
     task = ToyTask()
     task.best_metric = "val/acc"

@@ -5,7 +5,7 @@ the dataclass defaults, the stage's YAML file (`configs/<dataset>/<stage>.yaml`)
 command line (values are parsed as YAML, so `train.milestones=[1000,2000]` is a list and `train.lr=1e-4` a float).
 OmegaConf checks every key and type against the dataclass; any mistake is a `ConfigError` that names the key and the
 file or override it came from. Booleans take only true / false (or yes / no, on / off), never numbers. After the merge,
-the value checks registered for the config's dataclasses (`register_check`: enumerated choices such as
+the value checks of the config's dataclasses (their `check_values(prefix)` methods: enumerated choices such as
 train.schedule or data.dataset, ranges, cross-key rules) run on the loaded config, so every script refuses a bad
 setting right after parsing, before any folder is created or any data is loaded.
 
@@ -24,7 +24,7 @@ import tokenize
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -47,26 +47,8 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Value checks: registered per config dataclass, run on every loaded config
+# Value checks: each config dataclass's check_values(prefix), run on every loaded config
 # --------------------------------------------------------------------------------------------------------------
-
-ConfigCheck = Callable[[Any, str], None]
-_CHECKS: dict[type, list[ConfigCheck]] = {}
-
-
-def register_check(cls: type, check: ConfigCheck) -> ConfigCheck:
-    """Run `check(instance, prefix)` on every instance of the config dataclass `cls` that `load_config` loads.
-
-    `prefix` is the dotted path of the instance in the stage config ("train." for `cfg.train`, "" for the stage
-    config itself), so a check names keys as the user writes them. A check raises `ConfigError` (use
-    `bad_value` / `check_choice`), one line naming the key, the bad value and what is allowed.
-    Registering the same function twice for a class has no effect.
-    """
-    checks = _CHECKS.setdefault(cls, [])
-    if check not in checks:
-        checks.append(check)
-    return check
-
 
 def bad_value(key: str, value: Any, expected: str) -> ConfigError:
     """`ConfigError("train.schedule='cosin': expected one of ...", key="train.schedule")`."""
@@ -81,16 +63,22 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
 
 
 def validate_config(cfg: Any, prefix: str = "") -> None:
-    """Run the registered checks on a config dataclass instance and on each nested one (innermost first)."""
+    """Run `check_values(prefix)` of a config dataclass instance and of each nested one (innermost first).
+
+    A config dataclass that has value rules (enumerated choices, ranges, cross-key rules) defines
+    `check_values(self, prefix: str) -> None`, raising `ConfigError` (use `bad_value` / `check_choice`): one line
+    naming the key, the bad value and what is allowed. `prefix` is the dotted path of the instance in the stage
+    config ("train." for `cfg.train`, "" for the stage config itself), so a check names keys as the user writes them.
+    """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         return
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             validate_config(value, f"{prefix}{f.name}.")
-    for cls in type(cfg).__mro__:
-        for check in _CHECKS.get(cls, ()):
-            check(cfg, prefix)
+    check = getattr(cfg, "check_values", None)
+    if callable(check):
+        check(prefix)
 
 
 # --------------------------------------------------------------------------------------------------------------

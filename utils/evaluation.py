@@ -74,6 +74,15 @@ class EvalConfig:
     mask_beyond_length: bool = False # zero generated frames past the length; the reference does not (generated
                                      # frames past m_len are left as decoded and seen by the conv encoder's edge)
 
+    def check_values(self, prefix: str = "eval.") -> None:
+        """Run by utils.config on loading, so eval_t2m.py refuses a bad eval.* setting before anything loads."""
+        from utils.config import ConfigError
+
+        try:
+            self.validate()
+        except EvalConfigError as err:
+            raise ConfigError(str(err), key=getattr(err, "key", None)) from None
+
     def validate(self) -> "EvalConfig":
         """Check the settings on their own (before any model or data is loaded); returns self.
 

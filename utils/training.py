@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.motion_dataset import SPECS, DataConfig, collate
+from datasets.motion_dataset import collate
 from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint, unwrap_model
-from utils.config import ConfigError, bad_value, check_choice, register_check, save_config, to_dict
+from utils.config import ConfigError, bad_value, check_choice, save_config, to_dict
 from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
                                local_device)
 from utils.run_dir import RunDir
@@ -67,8 +67,14 @@ class TrainConfig:
     compile: bool = False             # torch.compile the model (CUDA only; ignored with a warning on CPU)
     log_every: int = 50               # tensorboard scalars every this many steps
     val_every: int = 0                # validate every this many steps (0 = only at the end)
+    val_every_epochs: int = 0         # also validate every this many epochs (0 = off); an epoch is
+                                      # (micro-batches per epoch // accum_steps) optimizer steps
     ckpt_every: int = 1000            # write last.pt every this many steps (0 = only at the end)
     num_workers: int = 0              # DataLoader workers; random per-item crops resume bit-exactly only with 0
+
+    def check_values(self, prefix: str = "train.") -> None:
+        """Choices and ranges (`check_train_config`); run by utils.config on loading."""
+        check_train_config(self, prefix)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -435,7 +441,7 @@ class Trainer:
                 self._log_scalars({"train/loss": loss_value, "train/samples_per_s": speed,
                                    **{f"train/{k}": v for k, v in logs.items()}})
             final = self.step == self.max_steps
-            if final or (cfg.val_every and self.step % cfg.val_every == 0):
+            if final or self._validation_due():
                 self._validate()
             if final or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                 self._save(self.run.last)
@@ -526,6 +532,14 @@ class Trainer:
         if self.best is None or (value < self.best["value"] if task.best_mode == "min" else value > self.best["value"]):
             self.best = {"metric": task.best_metric, "value": value, "step": self.step}
             self._save(self.run.best, gathered=False)
+
+    def _validation_due(self) -> bool:
+        """Whether this optimizer step ends a train.val_every step period or a train.val_every_epochs period."""
+        cfg = self.cfg
+        if cfg.val_every and self.step % cfg.val_every == 0:
+            return True
+        steps_per_epoch = max(self.batches_per_epoch // cfg.accum_steps, 1)
+        return bool(cfg.val_every_epochs) and self.step % (cfg.val_every_epochs * steps_per_epoch) == 0
 
     def _state(self, rng: list) -> dict:
         task = self.task
@@ -626,7 +640,7 @@ def check_train_config(cfg: TrainConfig, prefix: str = "train.") -> None:
     for key in ("batch_size", "accum_steps", "log_every"):
         if getattr(cfg, key) < 1:
             raise bad(key, "an integer >= 1")
-    for key in ("epochs", "max_steps", "warmup_steps", "val_every", "ckpt_every", "num_workers"):
+    for key in ("epochs", "max_steps", "warmup_steps", "val_every", "val_every_epochs", "ckpt_every", "num_workers"):
         if getattr(cfg, key) < 0:
             raise bad(key, "an integer >= 0")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
@@ -654,20 +668,6 @@ def _valid_device_name(name: str) -> bool:
         return False
 
 
-def check_data_config(cfg: DataConfig, prefix: str = "data.") -> None:
-    """The data settings every stage shares: a known dataset and positive sizes (registered with utils.config)."""
-    check_choice(prefix + "dataset", cfg.dataset, tuple(SPECS))
-    for key in ("max_motion_length", "unit_length", "window_size", "max_text_len"):
-        if getattr(cfg, key) < 1:
-            raise bad_value(prefix + key, getattr(cfg, key), "an integer >= 1")
-    if cfg.min_motion_length < 0:
-        raise bad_value(prefix + "min_motion_length", cfg.min_motion_length, "an integer >= 0 (0 = dataset default)")
-    if not cfg.feat_bias > 0:
-        raise bad_value(prefix + "feat_bias", cfg.feat_bias, "a number > 0 (1 = the raw Std)")
-
-
-register_check(TrainConfig, check_train_config)
-register_check(DataConfig, check_data_config)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

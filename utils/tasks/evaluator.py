@@ -36,7 +36,7 @@ from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementCon
 from utils import metrics
 from utils.atomic import atomic_open
 from utils.checkpoint import load_model_state
-from utils.config import ConfigError, bad_value, check_choice, register_check
+from utils.config import ConfigError, bad_value, check_choice
 from utils.training import TrainConfig, TrainTask, move_to_device
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class EvaluatorStageConfig:
     train: TrainConfig = field(default_factory=_evaluator_train_defaults)
     loss: EvaluatorLossConfig = field(default_factory=EvaluatorLossConfig)
 
+    def check_values(self, prefix: str = "") -> None:
+        """Run by utils.config on loading: `check_stage_config` once train_evaluator.py's rule has filled
+        model.dim_pose from the dataset (`replace_model_dim`)."""
+        check_stage_config(replace_model_dim(self), prefix)
+
 
 def check_stage_config(cfg: EvaluatorStageConfig, prefix: str = "") -> None:
     """The model width must match the dataset; the movement mode must be known. ConfigError naming the key."""
@@ -75,14 +80,6 @@ def check_stage_config(cfg: EvaluatorStageConfig, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}model.dim_pose={cfg.model.dim_pose} does not match {prefix}data.dataset="
                           f"{cfg.data.dataset!r} ({expected}-d features); set model.dim_pose={expected}",
                           key=f"{prefix}model.dim_pose")
-
-
-def _check_loaded_config(cfg: EvaluatorStageConfig, prefix: str = "") -> None:
-    # train_evaluator.py fills model.dim_pose from the dataset (replace_model_dim) before checking
-    check_stage_config(replace_model_dim(cfg), prefix)
-
-
-register_check(EvaluatorStageConfig, _check_loaded_config)
 
 
 class EvaluatorModel(nn.Module):

@@ -37,7 +37,7 @@ from models.retriever import (PART_JOINTS, BMMRetriever, RetrievalDatabase, Retr
                               default_database_path)
 from models.text_encoders import TEXT_ENCODERS
 from utils.checkpoint import load_model
-from utils.config import ConfigError, bad_value, check_choice, register_check
+from utils.config import ConfigError, bad_value, check_choice
 from utils.markdown import markdown_table
 from utils.retrieval_metrics import (GUO_BATCH, NSIM_SIZE, PROTOCOLS, protocol_guo, protocol_normal,
                                      retrieval_protocols)
@@ -74,6 +74,10 @@ class RetrieverStageConfig:
     train: TrainConfig = field(default_factory=_retriever_train)
     retriever: RetrieverRunConfig = field(default_factory=RetrieverRunConfig)
 
+    def check_values(self, prefix: str = "") -> None:
+        """Run by utils.config on loading: `check_stage_config`."""
+        check_stage_config(self, prefix)
+
 
 def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
     """Enumerated choices, the model's own rules and the data ↔ model dataset match, as one-line ConfigErrors naming
@@ -97,8 +101,6 @@ def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
                           f"both to the same dataset", key=f"{prefix}model.dataset")
 
-
-register_check(RetrieverStageConfig, check_stage_config)
 
 
 # ------------------------------------------------------------------------------------------------------------------

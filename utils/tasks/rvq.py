@@ -22,7 +22,7 @@ from torch import Tensor
 from datasets.motion_dataset import DataConfig
 from models.rvq import DATASET_DIMS, RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
 from utils.checkpoint import CheckpointError, load_model
-from utils.config import ConfigError, bad_value, check_choice, register_check
+from utils.config import ConfigError, bad_value, check_choice
 from utils.training import TrainConfig, TrainTask
 
 MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
@@ -48,6 +48,10 @@ class RVQStageConfig:
     loss: RVQLossConfig = field(default_factory=RVQLossConfig)
     val: RVQValConfig = field(default_factory=RVQValConfig)
 
+    def check_values(self, prefix: str = "") -> None:
+        """Run by utils.config on loading: `check_stage_config`."""
+        check_stage_config(self, prefix)
+
 
 def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
     """Enumerated model / loss settings and the data ↔ model dataset match (run by utils.config on loading)."""
@@ -67,8 +71,6 @@ def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
                           f"both to the same dataset", key=f"{prefix}model.dataset")
 
-
-register_check(RVQStageConfig, check_stage_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
