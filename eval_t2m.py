@@ -7,7 +7,8 @@
     python eval_t2m.py --stage gt --replications 1 --fast       # quick check, labelled NOT COMPARABLE
 
 Writes `<runs-root>/eval/<name>/<stage>/eval.json` and `eval.md` (mean ± 95% CI over replications, commit hash,
-config, checkpoint and evaluator paths, seeds). The evaluator defaults to the official
+config, checkpoint and evaluator paths, seeds), atomically replacing the previous report of that name and stage
+(use --name to keep several). The evaluator defaults to the official
 `checkpoints/<t2m|kit>/text_mot_match/model/finest.tar`; the mini config points at the one `train_evaluator.py`
 trains (`runs/evaluator/mini/text_mot_match/model/finest.tar`). Numbers from the mini dataset or from our own
 evaluator are not comparable to published tables.
