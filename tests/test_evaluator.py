@@ -112,6 +112,16 @@ def test_official_layout_loads_with_weights_only(tmp_path):
     assert not e.training and not e.movement_encoder.training      # always eval mode
 
 
+def test_official_layout_in_the_legacy_torch_format_loads_with_weights_only(tmp_path):
+    # checkpoints written by torch < 1.6 (or with the zip format turned off) use the legacy serialization
+    path, state, _ = save_official(tmp_path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with open(path, "rb") as f:
+        assert f.read(2) != b"PK"                                  # not a zip archive
+    e = ev.load_official_evaluator(path, dataset="t2m")
+    torch.testing.assert_close(e.motion_encoder.state_dict()["hidden"], state["motion_encoder"]["hidden"])
+
+
 def test_encodings_match_hand_written_packed_bigru_and_keep_order(tmp_path):
     path, state, cfg = save_official(tmp_path, seed=1)
     e = ev.load_official_evaluator(path, dataset="t2m")
