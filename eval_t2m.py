@@ -145,7 +145,7 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
                   f"not exist (set evaluator.path=<finest.tar> or train one with train_evaluator.py); MPJPE and "
                   f"the other reconstruction numbers need no evaluator")
         print(f"eval_t2m.py: {reason}", file=sys.stderr)
-        report = evaluator_skipped_report(cfg.eval, reason, label="rvq reconstruction")
+        report = evaluator_skipped_report(_deterministic(cfg.eval), reason, label="rvq reconstruction")
         recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=None, device=device)
         write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
                      split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)

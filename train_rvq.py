@@ -4,21 +4,18 @@
     python train_rvq.py --config configs/humanml3d/rvq.yaml data.root=/path/to/HumanML3D
 
 Every data.window_size-frame window of the train split (an epoch is all of them, as in the reference; normalised
-with the feat_bias statistics) trains the tokenizer. Every train.val_every steps the val split is scored (MPJPE in mm on recovered
-joints, feature L1, codebook usage) on all its windows, or on val.max_batches × train.batch_size of them spread
-evenly over the split, and the best checkpoint by val MPJPE is kept. Outputs go to runs/rvq/<name>/: config.yaml,
+with the feat_bias statistics) trains the tokenizer. Every train.val_every steps the val split is scored (MPJPE in
+mm on recovered joints, feature L1, codebook usage) on all its windows, or on val.max_batches × train.batch_size of
+them spread evenly over the split, and the best checkpoint by val MPJPE is kept. Outputs go to runs/rvq/<name>/: config.yaml,
 checkpoints/{last,best}.pt, tensorboard events (tb/), and recon.png, a val motion next to its reconstruction.
 """
 from __future__ import annotations
-
-import numpy as np
-from torch.utils.data import Dataset, Subset
 
 from datasets.motion_dataset import build_dataset, collate
 from utils import distributed
 from utils.config import stage_cli
 from utils.run_dir import RunDir
-from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example
+from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example, validation_windows
 from utils.training import Trainer, seed_everything
 
 
@@ -26,23 +23,12 @@ def main(argv=None) -> dict:
     cfg, args = stage_cli(RVQStageConfig, "rvq", argv, description=__doc__)   # every setting checked here
     seed_everything(cfg.train.seed)
     train_set = build_dataset(cfg.data, "train", "window")
-    val_set = spread_windows(build_dataset(cfg.data, "val", "window"), cfg.val.max_batches * cfg.train.batch_size)
+    val_set = validation_windows(cfg)
     task = RVQTask(cfg, train_set.mean, train_set.std)
     run = RunDir("rvq", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
     metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
     after_training(run, cfg)
     return metrics
-
-
-def spread_windows(windows: Dataset, count: int) -> Dataset:
-    """`count` items spread evenly over `windows` (all of them when count is 0 or not smaller).
-
-    The val loader is not shuffled and consecutive windows overlap (one per start frame), so a prefix of
-    val.max_batches batches would score only the first few motions of the split.
-    """
-    if count <= 0 or count >= len(windows):
-        return windows
-    return Subset(windows, np.linspace(0, len(windows) - 1, count).round().astype(int).tolist())
 
 
 def after_training(run: RunDir, cfg: RVQStageConfig):

@@ -204,7 +204,7 @@ def test_stage_parser_takes_script_flags_that_map_to_config_keys(tmp_path, capsy
 
 @dataclass
 class DataStage:
-    """A stage with the shared data and train sections (their checks are registered by utils.training)."""
+    """A stage with the shared data and train sections (checked by their check_values methods)."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -220,7 +220,7 @@ def test_enumerated_train_and_data_settings_name_key_value_and_choices(tmp_path)
     assert str(err.value) == "override 'data.dataset=xyz': data.dataset='xyz': expected one of 't2m', 'kit'"
     with pytest.raises(ConfigError, match=r"train\.optimizer='sgd': expected one of 'adamw', 'adam'"):
         load_config(DataStage, None, ["train.optimizer=sgd"])
-    with pytest.raises(ConfigError, match=r"train\.device='gpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+    with pytest.raises(ConfigError, match=r"train\.device='gpu': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"):
         load_config(DataStage, None, ["train.device=gpu"])
     # a bad value from the YAML file names the file
     path = write(tmp_path, "train:\n  schedule: linear\n")

@@ -176,6 +176,11 @@ def test_fid_clamps_negative_round_off(monkeypatch):
     assert value == 0.0 and np.copysign(1.0, value) == 1.0
 
 
+def test_frechet_distance_keeps_nan_instead_of_clamping_it():
+    s = np.eye(3)
+    assert np.isnan(metrics.frechet_distance(np.array([np.nan, 0.0, 0.0]), s, np.zeros(3), s))
+
+
 def test_frechet_large_imaginary_square_root_is_an_error():
     # an indefinite "covariance": sigma1 @ sigma2 = diag(-1, 1), whose square root is diag(i, 1) (imaginary part 1)
     s1, s2 = np.diag([-1.0, 1.0]), np.eye(2)

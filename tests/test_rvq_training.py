@@ -16,7 +16,7 @@ from tests.tiny_stages import tiny_rvq_overrides as tiny_stage_overrides
 from utils.config import load_config, to_dict
 from utils.run_dir import RunDir
 from utils.tasks.rvq import (RVQStageConfig, RVQTask, ReconstructionMeter, evaluate_reconstruction, load_rvq,
-                             render_val_example)
+                             render_val_example, spread_windows, validation_windows)
 from utils.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def trained_run(mini_root, tmp_path_factory):
     cfg = load_config(RVQStageConfig, str(REPO / "configs/mini/rvq.yaml"),
                       tiny_stage_overrides(mini_root, **{"model.global_branch": "true"}))
     train_set = build_dataset(cfg.data, "train", "window")
-    val_set = build_dataset(cfg.data, "val", "window")
+    val_set = validation_windows(cfg)
     task = RVQTask(cfg, train_set.mean, train_set.std)
     run = RunDir("rvq", "t", tmp_path_factory.mktemp("runs"))
     metrics = Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=to_dict(cfg)).fit()
@@ -250,7 +250,8 @@ def test_train_rvq_help_lists_the_config_keys(capsys):
 def test_tiny_model_overfits_a_handful_of_mini_motions(mini_root, global_branch):
     ds = build_dataset(DataConfig(root=str(mini_root)), "train", "window")
     torch.manual_seed(0)
-    x = torch.stack([ds[i]["motion"] for i in range(6)])          # (6, 64, 263) fixed windows
+    # (6, 64, 263): the first window of each of six motions
+    x = torch.stack([ds[int(ds.window_offsets[k])]["motion"] for k in range(6)])
     model = RVQVAE2D(RVQConfig(**tiny_model_cfg(global_branch), mu=0.9))
     loss_fn = RVQLoss(RVQLossConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.99))
@@ -294,8 +295,6 @@ def test_resume_continues_codebooks_and_ema_bit_for_bit(mini_root, tmp_path):
 
 
 def test_spread_windows_takes_evenly_spaced_items_or_all():
-    from train_rvq import spread_windows
-
     items = list(range(101))
     picked = spread_windows(items, 5)
     assert [picked[i] for i in range(len(picked))] == [0, 25, 50, 75, 100]

@@ -226,7 +226,7 @@ def test_train_config_check_is_one_line_naming_key_value_and_allowed_values():
              ({"betas": [0.9]}, "train.betas=[0.9]: expected two numbers in [0, 1), e.g. [0.9, 0.99]"),
              ({"milestones": [5, 3]}, "train.milestones=[5, 3]: expected increasing step numbers"),
              ({"grad_clip": -1.0}, "train.grad_clip=-1.0: expected a number >= 0"),
-             ({"device": "tpu0"}, "train.device='tpu0': expected 'auto', 'cpu', 'cuda' or 'cuda:N'")]
+             ({"device": "tpu0"}, "train.device='tpu0': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
     for kw, message in cases:
         with pytest.raises(ConfigError) as err:
             check_train_config(cfg_for(**kw))

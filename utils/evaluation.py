@@ -81,7 +81,8 @@ class EvalConfig:
         try:
             self.validate()
         except EvalConfigError as err:
-            raise ConfigError(str(err), key=getattr(err, "key", None)) from None
+            text = str(err).removeprefix("utils/evaluation.py: ").replace("eval.", prefix)
+            raise ConfigError(text, key=getattr(err, "key", None)) from None
 
     def validate(self) -> "EvalConfig":
         """Check the settings on their own (before any model or data is loaded); returns self.

@@ -134,7 +134,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                              f"the covariances are ill-conditioned (too few samples for the embedding width?)")
         covmean = covmean.real
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-    return value if value > 0.0 else 0.0          # also turns -0.0 into 0.0 (max() would keep -0.0)
+    return 0.0 if value <= 0.0 else value         # also turns -0.0 into 0.0; NaN stays NaN
 
 
 def fid(gen: np.ndarray, real: np.ndarray) -> float:

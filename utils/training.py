@@ -66,9 +66,8 @@ class TrainConfig:
     fp16: bool = False                # fp16 autocast + loss scaling (CUDA GPUs without bf16)
     compile: bool = False             # torch.compile the model (CUDA only; ignored with a warning on CPU)
     log_every: int = 50               # tensorboard scalars every this many steps
-    val_every: int = 0                # validate every this many steps (0 = only at the end)
-    val_every_epochs: int = 0         # also validate every this many epochs (0 = off); an epoch is
-                                      # (micro-batches per epoch // accum_steps) optimizer steps
+    val_every: int = 0                # validate every this many steps (0 = off; the last step always validates)
+    val_every_epochs: int = 0         # validate every this many epochs (0 = off); epoch = batches // accum_steps steps
     ckpt_every: int = 1000            # write last.pt every this many steps (0 = only at the end)
     num_workers: int = 0              # DataLoader workers; random per-item crops resume bit-exactly only with 0
 
@@ -628,15 +627,15 @@ class Trainer:
 def check_train_config(cfg: TrainConfig, prefix: str = "train.") -> None:
     """Refuse bad optimisation settings with a one-line ConfigError naming the key, the value and what is allowed.
 
-    Registered with utils.config, so every script runs it right after loading its config (before any folder is
-    created or data loaded); the Trainer runs it again for configs built in code.
+    `TrainConfig.check_values` calls it, so utils.config runs it right after loading a script's config (before any
+    folder is created or data loaded); the Trainer runs it again for configs built in code.
     """
     def bad(key: str, expected: str) -> ConfigError:
         return bad_value(prefix + key, getattr(cfg, key), expected)
     check_choice(prefix + "schedule", cfg.schedule, SCHEDULES)
     check_choice(prefix + "optimizer", cfg.optimizer, OPTIMIZERS)
     if not _valid_device_name(cfg.device):
-        raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise bad("device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     for key in ("batch_size", "accum_steps", "log_every"):
         if getattr(cfg, key) < 1:
             raise bad(key, "an integer >= 1")

@@ -82,7 +82,8 @@ def bench_quality(data: str, out: Path, steps: int, device: str, extra: list[str
     from datasets.motion_dataset import build_dataset, collate
     from utils.config import load_config, to_dict
     from utils.run_dir import RunDir
-    from utils.tasks.rvq import RVQStageConfig, RVQTask, evaluate_reconstruction, render_val_example
+    from utils.tasks.rvq import (RVQStageConfig, RVQTask, evaluate_reconstruction, render_val_example,
+                                 validation_windows)
     from utils.training import Trainer, seed_everything
 
     rows = []
@@ -93,7 +94,7 @@ def bench_quality(data: str, out: Path, steps: int, device: str, extra: list[str
         cfg = load_config(RVQStageConfig, "configs/mini/rvq.yaml", overrides)
         seed_everything(cfg.train.seed)
         train_set = build_dataset(cfg.data, "train", "window")
-        val_set = build_dataset(cfg.data, "val", "window")
+        val_set = validation_windows(cfg)
         task = RVQTask(cfg, train_set.mean, train_set.std)
         run = RunDir("rvq", name, out / "runs", overwrite=True)
         t0 = time.perf_counter()

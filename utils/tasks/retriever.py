@@ -13,7 +13,8 @@ cosine annealing, batch 128, 200 epochs. The data is the "text" dataset with the
 reference §1.5). The momentum EMA and the enqueue of the step's keys run in `after_optimizer_step`, after every
 optimizer step. With gradient accumulation each micro-batch's keys are enqueued in order.
 
-Validation runs each `val_every` steps on the **val** split. Each val entry contributes its first caption and its
+Validation runs every `train.val_every` steps and/or `train.val_every_epochs` epochs (the paper configs: every
+epoch) on the **val** split. Each val entry contributes its first caption and its
 full motion; the protocol is "guo" (TMR protocol (d): batches of 32, for speed). The best checkpoint maximises
 val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal".
 After training, train_retriever.py scores the kept checkpoint on val under all four protocols

@@ -1,10 +1,11 @@
 """The tokenizer stage: `RVQStageConfig`, `RVQTask` (training / validation of RVQVAE2D), checkpoint loading and
 `evaluate_reconstruction` (MPJPE, feature L1, codebook usage, reconstruction FID).
 
-Training follows `reference.md` §5.1/§5.3: random 64-frame windows of motions normalised with the feat_bias
-statistics, the `RVQLoss`, AdamW 2e-4 with warm-up and step decay (schedule in `TrainConfig`). Validation (val split,
-never test) reports MPJPE in mm on joints recovered from the reconstructed features, the feature L1 in normalised
-units, the root-path error and the codebook usage; the best checkpoint is chosen by val MPJPE.
+Training follows `reference.md` §5.1/§5.3: every 64-frame window of the motions (an epoch enumerates them all),
+normalised with the feat_bias statistics, the `RVQLoss`, AdamW 2e-4 with warm-up and step decay (schedule in
+`TrainConfig`). Validation (val split, never test; the windows of `validation_windows`) reports MPJPE in mm on
+joints recovered from the reconstructed features, the feature L1 in normalised units, the root-path error and the
+codebook usage; the best checkpoint is chosen by val MPJPE.
 
 Units: HumanML3D joints are in metres (×1000 → mm); KIT-ML joints are already in millimetres (`MM_PER_UNIT`).
 """
@@ -18,12 +19,31 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, Subset
 
 from datasets.motion_dataset import DataConfig
 from models.rvq import DATASET_DIMS, RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
 from utils.checkpoint import CheckpointError, load_model
 from utils.config import ConfigError, bad_value, check_choice
 from utils.training import TrainConfig, TrainTask
+
+def spread_windows(windows: Dataset, count: int) -> Dataset:
+    """`count` items spread evenly over `windows` (all of them when count is 0 or not smaller).
+
+    The val loader is not shuffled and consecutive windows overlap (one per start frame), so a prefix of
+    val.max_batches batches would score only the first few motions of the split.
+    """
+    if count <= 0 or count >= len(windows):
+        return windows
+    return Subset(windows, np.linspace(0, len(windows) - 1, count).round().astype(int).tolist())
+
+
+def validation_windows(cfg: "RVQStageConfig") -> Dataset:
+    """The val windows the tokenizer is scored on: val.max_batches × train.batch_size of them spread over the split."""
+    from datasets.motion_dataset import build_dataset
+
+    return spread_windows(build_dataset(cfg.data, "val", "window"), cfg.val.max_batches * cfg.train.batch_size)
+
 
 MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
 
