@@ -124,11 +124,12 @@ def main(argv=None) -> None:
     p.add_argument("--ckpt-every", type=int, default=3)
     p.add_argument("--crash-at", type=int, default=None, help="raise SimulatedCrash after this step")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     cfg = TrainConfig(batch_size=a.batch_size, accum_steps=a.accum_steps, max_steps=a.steps, lr=1e-2,
                       device="cpu", log_every=1, val_every=3, ckpt_every=a.ckpt_every)
     task = ToyTask(dropout=a.dropout, crash_at_step=a.crash_at)
-    Trainer(task, cfg, RunDir("toy", a.name, root=a.root, resume=a.resume), ToyDataset(64),
+    Trainer(task, cfg, RunDir("toy", a.name, root=a.root, resume=a.resume, overwrite=a.overwrite), ToyDataset(64),
             ToyDataset(16, seed=1), collate_fn=toy_collate).fit()
 
 
