@@ -350,7 +350,11 @@ class RVQVAE2D(nn.Module):
 
     @torch.no_grad()
     def encode(self, motion: Tensor) -> Tensor:
-        """motion (B, T, D) → token map indices (B, T', C, Q), C = 6 (+1 global column). Nearest codes, all levels."""
+        """motion (B, T, D) → token map indices (B, T', C, Q), C = 6 (+1 global column). Nearest codes, all levels.
+
+        The quantizers run in eval mode (no EMA update, no quantize dropout); the encoder keeps the module's mode, so
+        call `model.eval()` first for deterministic tokens (its res-blocks have dropout), as the later stages do.
+        """
         self._check_motion(motion)
         b = motion.shape[0]
         z, zg = self._encode_latents(motion)
