@@ -137,8 +137,6 @@ class EvalConfig:
         return not self.fast and all(getattr(eff, k) == REFERENCE_PROTOCOL[k] for k in keys)
 
 
-
-
 # --------------------------------------------------------------------------------------------------- helpers
 
 def _accepts_multimodality(fn: Callable) -> bool:
@@ -414,7 +412,6 @@ def summary_line(report: dict, column: str | None = None) -> str:
     row = report["metrics"].get(column) or next(iter(report["metrics"].values()))
     short = {"R_precision_top1": "R@1", "R_precision_top2": "R@2", "R_precision_top3": "R@3"}
     return ", ".join(f"{short.get(k, k)} {v['mean']:.3f}±{v['conf']:.3f}" for k, v in row.items())
-
 
 
 def write_table_report(results: dict, run_dir: str | os.PathLike, *, stage: str, checkpoints: dict[str, str],

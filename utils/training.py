@@ -667,8 +667,6 @@ def _valid_device_name(name: str) -> bool:
         return False
 
 
-
-
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts."""
     out = []
