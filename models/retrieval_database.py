@@ -304,7 +304,9 @@ class RetrievalQueryEncoder(nn.Module):
                                   f"tower from; was it written by train_retriever.py?")
         cfg = from_dict(RetrieverConfig, config["model"], source=f"{path}: config.model")
         state = ckpt["model"]
-        encoder = cls(cfg, fingerprint=state_fingerprint(state))
+        # train_retriever.py stores the fingerprint beside the weights; older files are hashed (all weights read)
+        fingerprint = (ckpt.get("extra") or {}).get("fingerprint") or state_fingerprint(state)
+        encoder = cls(cfg, fingerprint=fingerprint)
         prefix = "text_tower."
         load_model_state(encoder.text_tower, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                          path)

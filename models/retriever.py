@@ -53,7 +53,8 @@ from torch import Tensor, nn
 
 from datasets.registry import DATASETS, PART_NAMES, dataset_facts
 from datasets.representation import feature_dim, joint_feature_indices
-from models.text_encoders import TextTower, build_text_encoder, momentum_copy
+from models.text_encoders import (TOWER_MAX_TOKENS, TextEncoderConfig, TextTower, build_text_encoder_from_config,
+                                  momentum_copy)
 from utils.tensors import lengths_to_mask
 from utils.checkpoint import tensor_fingerprint
 
@@ -96,6 +97,13 @@ class RetrieverConfig:
     use_motion_queue: bool = True    # Table 5
     in_batch_negatives: bool = True  # official code: [in-batch keys ; queue]; False = paper Eq. 5 (queue only)
     loss_reduction: str = "mean"     # "mean": official ((m2t+t2m)/2 of batch means); "sum": paper Eqs. 4, 6, 7
+
+    def text_encoder_config(self) -> TextEncoderConfig:
+        """The shared description of this retriever's text tower (recorded in its checkpoints)."""
+        return TextEncoderConfig(name=self.text_encoder, path=self.text_path, max_length=TOWER_MAX_TOKENS,
+                                 pooling=self.text_pooling, out_dim=self.latent_dim, download=self.text_download,
+                                 tiny=self.text_tiny, random_init=self.text_random_init,
+                                 freeze_backbone=self.text_freeze_backbone)
 
     def validate(self) -> None:
         if self.dataset not in PART_JOINTS:
@@ -491,10 +499,10 @@ def build_text_tower(cfg: RetrieverConfig) -> TextTower:
     """The retriever's text tower (backbone, pooling, projection head) as `cfg` describes it, untrained weights.
 
     Shared by BMMRetriever and the inference-only `models.retrieval_database.RetrievalQueryEncoder`."""
-    tower = build_text_encoder(cfg.text_encoder, cfg.text_path or None, tiny=cfg.text_tiny,
-                               random_init=cfg.text_random_init, download=cfg.text_download,
-                               out_dim=cfg.latent_dim, freeze_backbone=cfg.text_freeze_backbone,
-                               pooling=cfg.text_pooling, head_dropout=cfg.head_dropout)
+    if cfg.text_encoder not in ("distilbert", "minilm"):
+        raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
+                             f"got {cfg.text_encoder!r}")
+    tower = build_text_encoder_from_config(cfg.text_encoder_config(), head_dropout=cfg.head_dropout)
     if not isinstance(tower, TextTower):
         raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
                              f"got {cfg.text_encoder!r}")

@@ -356,6 +356,7 @@ def test_stage_trains_builds_database_and_evaluates(mini_root, tmp_path):
     assert int(task.model.queue_count) == 16 and int(task.model.queue_ptr) == 0          # 4 steps × 8 keys, wrapped
     ckpt = load_checkpoint(run.last, stage="retriever")
     assert int(ckpt["model"]["queue_count"]) == 16                                       # queues are checkpointed
+    assert ckpt["extra"]["text_encoder"] == cfg.model.text_encoder_config().identity()   # the text encoder used
     model, _ = load_retriever(run.final_checkpoint)
     final = load_checkpoint(run.final_checkpoint, stage="retriever")
     assert torch.equal(model.motion_queue, final["model"]["motion_queue"])             # rebuilt from the file alone

@@ -259,3 +259,33 @@ def test_models_and_the_ground_layer_never_import_the_training_side(path):
     """models/ and utils' ground layer import only downward: never the training loop, the tasks or evaluation."""
     bad = sorted(name for name in _imports(REPO / path) if name.startswith(UPPER))
     assert not bad, f"{path} imports {bad}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One text-encoder config
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_text_encoder_config_is_checked_and_recorded(mini_root, tmp_path):
+    from models.retriever import RetrieverConfig
+    from models.text_encoders import TextEncoderConfig, build_text_encoder_from_config
+    from utils.checkpoint import check_same_text_encoder
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mask\.text\.pooling"):
+        TextEncoderConfig(name="clip", pooling="cls").check_values("mask.text.")
+    with pytest.raises(ConfigError, match=r"text\.name"):
+        TextEncoderConfig(name="bert").check_values()
+    tiny = TextEncoderConfig(name="minilm", tiny=True)
+    enc = build_text_encoder_from_config(tiny)
+    assert enc(["a person walks"]).shape == (1, enc.out_dim) and enc.max_tokens == 128
+    assert tiny.identity()["pooling"] == "mean" and TextEncoderConfig().identity()["max_length"] == 77
+    # the retriever's tower is described by the same config
+    r = RetrieverConfig(text_encoder="minilm", text_tiny=True, latent_dim=16, text_pooling="cls").text_encoder_config()
+    assert (r.name, r.out_dim, r.pooling, r.tiny) == ("minilm", 16, "cls", True)
+    # a pair trained with different text encoders is refused, naming both files
+    a = {"extra": {"text_encoder": TextEncoderConfig(name="clip").identity()}}
+    b = {"extra": {"text_encoder": TextEncoderConfig(name="minilm").identity()}}
+    check_same_text_encoder("mask.pt", a, "residual.pt", a)
+    with pytest.raises(CheckpointError, match=r"mask\.pt and residual\.pt .*different text encoders.*name: 'clip' "
+                                              r"vs 'minilm'"):
+        check_same_text_encoder("mask.pt", a, "residual.pt", b)

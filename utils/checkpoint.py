@@ -191,7 +191,7 @@ def tensor_fingerprint(tensors: Mapping[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+            h.update(memoryview(t.numpy()).cast("B") if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
         else:
             h.update(repr(value).encode())
     return h.hexdigest()[:16]
@@ -219,3 +219,18 @@ def check_upstream(ckpt_path: str | os.PathLike, ckpt: Mapping[str, Any], name: 
     if not allow_mismatch:
         raise CheckpointError(msg)
     warnings.warn(msg + " (allowed by the override; results may be meaningless)", stacklevel=2)
+
+
+def check_same_text_encoder(path_a: str | os.PathLike, ckpt_a: Mapping[str, Any], path_b: str | os.PathLike,
+                            ckpt_b: Mapping[str, Any]) -> None:
+    """Refuse two checkpoints meant to share a text feature (the mask and residual transformers of one pipeline)
+    when their recorded text encoders (`extra["text_encoder"]`, a `TextEncoderConfig.identity()` dict) differ.
+
+    The one-line message names both files and the first differing fields. Checkpoints that record none pass."""
+    a = (ckpt_a.get("extra") or {}).get("text_encoder")
+    b = (ckpt_b.get("extra") or {}).get("text_encoder")
+    if not a or not b or a == b:
+        return
+    diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise CheckpointError(f"checkpoints {path_a} and {path_b} were trained with different text encoders "
+                          f"({'; '.join(diff[:4])}); use a pair trained on the same text encoder")

@@ -160,6 +160,12 @@ class RetrieverTask(TrainTask):
     def after_optimizer_step(self, step: int) -> None:
         self.model.after_optimizer_step()        # EMA (Eqs. 1-2), then enqueue this step's momentum keys
 
+    def extra_state(self) -> dict:
+        """The text encoder this retriever embeds captions with (`TextEncoderConfig.identity()`) and the
+        fingerprint of the weights saved beside it (`BMMRetriever.weights_fingerprint`)."""
+        return {"text_encoder": self.cfg.model.text_encoder_config().identity(),
+                "fingerprint": self.model.weights_fingerprint()}   # read by the query encoder without the weights
+
     def validate(self, loader) -> dict[str, float]:
         """Retrieval metrics on the val split (the loader's random crops are not used: full motions)."""
         if self.val_set is None:
