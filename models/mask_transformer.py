@@ -417,7 +417,8 @@ class MaskTransformer(nn.Module):
             tokens:          (B, T', C) layer-0 codes (anything at padded steps)
             t, r_t, r_m:     conditions as in `logits`
             lengths_tokens:  (B,) valid token steps per sample, 1 ≤ L ≤ T'
-            generator:       source of the masking / corruption / condition-drop randomness (None = torch default)
+            generator:       source of the masking / corruption / condition-drop randomness (None = torch default),
+                             on the tokens' device (dropout uses torch's default generator)
         Returns:
             loss (scalar, mean CE over the masked positions), logs {"loss", "acc" (masked-token accuracy),
             "mask_frac" (masked share of the valid tokens), "cond_drop_frac"}
@@ -464,7 +465,9 @@ class MaskTransformer(nn.Module):
         Args:
             t, r_t, r_m: conditions as in `logits`
             lengths:     (B,) lengths in token steps T' (frames // 4, `frames_to_token_steps`), 1..cfg.max_tokens
-            generator:   the only source of randomness (None = torch default); same seed → same tokens
+            generator:   the only source of randomness (None = torch default), on the model's device; same seed →
+                         same tokens
+        Call `eval()` first (dropout is active in training mode).
         Returns:
             (B, max(lengths), C) long: codes inside the lengths (column-local), −1 outside
         """
