@@ -325,3 +325,10 @@ def test_bad_config_names_the_key(kw, key):
     with pytest.raises(ValueError, match=key):
         MaskTransformer(tiny_cfg(**kw))
 
+
+
+def test_no_retrieval_generates_without_retrieved_features():
+    model = tiny_model(ablation="no_retrieval")
+    t, _, _ = conditions(2)
+    out = model.generate(t, None, None, torch.tensor([3, 2]), steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, C) and (out[1, 2] == -1).all() and (out[0] >= 0).all()
