@@ -290,13 +290,13 @@ class MaskTransformer(nn.Module):
             raise ValueError(f"{_MOD}: argument 'tokens' must be an integer tensor (B, T', C={c}), got {got}")
 
     @staticmethod
-    def _check_lengths(lengths, batch: int, high: int, what: str) -> Tensor:
+    def _check_lengths(lengths, batch: int, high: int, what: str, name: str = "lengths") -> Tensor:
         lengths = torch.as_tensor(lengths)
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.shape != (batch,):
-            raise ValueError(f"{_MOD}: argument 'lengths' must be ({batch},) integer token steps, got shape "
+            raise ValueError(f"{_MOD}: argument '{name}' must be ({batch},) integer token steps, got shape "
                              f"{tuple(lengths.shape)} dtype {lengths.dtype}")
         if batch and (int(lengths.min()) < 1 or int(lengths.max()) > high):
-            raise ValueError(f"{_MOD}: argument 'lengths' must lie in 1..{high} ({what}), got "
+            raise ValueError(f"{_MOD}: argument '{name}' must lie in 1..{high} ({what}), got "
                              f"{int(lengths.min())}..{int(lengths.max())}")
         return lengths.long()
 
@@ -425,7 +425,7 @@ class MaskTransformer(nn.Module):
         """
         self._check_tokens(tokens)
         b, tp, c = tokens.shape
-        lengths = self._check_lengths(lengths_tokens, b, tp, "the token map's T'").to(tokens.device)
+        lengths = self._check_lengths(lengths_tokens, b, tp, "the token map's T'", "lengths_tokens").to(tokens.device)
         valid = torch.arange(tp, device=tokens.device)[None, :] < lengths[:, None]     # (B, T')
         target = torch.where(valid[:, :, None], tokens, torch.full_like(tokens, PAD_TOKEN))
         bad = valid[:, :, None] & ((target < 0) | (target >= self.codebook_sizes))
