@@ -4,6 +4,8 @@
     tiny_rvq_model_cfg(global_branch)           RVQConfig keyword arguments of a tiny tokenizer
     tiny_rvq_overrides(root, **extra)           train_rvq.py overrides: tiny model, 4 steps on the mini dataset
     tiny_retriever_overrides(root, **extra)     train_retriever.py overrides: tiny retriever, 2 steps
+    tiny_text_overrides(prefix)                 a tiny random text encoder as the generator's text condition
+    train_tiny_upstream(root, runs_root)        a tiny tokenizer + retriever (with database) for the generator stages
 `extra` maps dotted keys to values and is applied last (e.g. `**{"train.max_steps": 1}`).
 """
 from __future__ import annotations
@@ -34,3 +36,23 @@ def tiny_retriever_overrides(root, **extra) -> list[str]:
             "train.batch_size=8", "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2",
             "retriever.database_batch_size=16"]
     return over + [f"{k}={_yaml(v)}" for k, v in extra.items()]
+
+
+def tiny_text_overrides(prefix: str = "upstream.text.") -> list[str]:
+    """A tiny random MiniLM-class text encoder (32-d) as the generator's text condition (offline, fast)."""
+    return [f"{prefix}name=minilm", f"{prefix}tiny=true", f"{prefix}out_dim=0", f"{prefix}path="]
+
+
+def train_tiny_upstream(root, runs_root) -> dict:
+    """Train a tiny tokenizer (global column, 2 steps) and a tiny retriever (2 steps, database built) on the
+    dataset at `root`; returns {"tokenizer": best.pt path, "retriever": best.pt path} (strings)."""
+    import train_retriever
+    import train_rvq
+
+    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(runs_root), "--name", "tiny",
+                    *tiny_rvq_overrides(root, **{"model.global_branch": True, "train.max_steps": 2,
+                                                 "val.render": False})])
+    assert train_retriever.main(["--config", "configs/mini/retriever.yaml", "--runs-root", str(runs_root),
+                                 "--name", "tiny", *tiny_retriever_overrides(root, **{"retriever.final_eval": False})]) == 0
+    return {"tokenizer": str(runs_root / "rvq" / "tiny" / "checkpoints" / "best.pt"),
+            "retriever": str(runs_root / "retriever" / "tiny" / "checkpoints" / "best.pt")}
