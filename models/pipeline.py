@@ -205,15 +205,25 @@ class ReMoMaskPipeline:
                                   topk_ratio=topk_ratio, temperature=temperature, generator=gens)
         tokens = self.residual.generate(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
                                         generator=gens)
-        raw = self.tokenizer.decode(tokens).float()                                     # (B, 4T', D)
-        valid = torch.arange(raw.shape[1], device=raw.device)[None, :] < frames.to(raw.device)[:, None]
-        raw = (raw * valid[..., None]).cpu()
+        raw = self._decode(tokens, steps_t)                                              # (B, 4T', D) CPU
+        valid = torch.arange(raw.shape[1])[None, :] < frames[:, None]
         from datasets.representation import features_to_joints
 
         joints = np.asarray(features_to_joints(raw, dataset=self.dataset))
         joints = joints * valid.cpu().numpy()[..., None, None]
         return MotionOutput(features=raw, joints=joints, lengths=frames, tokens=tokens.cpu(), prompts=items,
                             seeds=seeds, neighbours=neighbours)
+
+    def _decode(self, tokens: Tensor, steps: Tensor) -> Tensor:
+        """Decode each item at its own length (items of equal length together), zero past it: the convolutional
+        decoder then never sees another item's padding, so an item decodes the same in any batch."""
+        b, tp = tokens.shape[:2]
+        down = self.tokenizer.downsample
+        raw = torch.zeros(b, tp * down, self.facts.dim)
+        for n in torch.unique(steps).tolist():
+            rows = (steps == n).nonzero().flatten()
+            raw[rows, :n * down] = self.tokenizer.decode(tokens[rows.to(tokens.device), :n]).float().cpu()
+        return raw
 
     def _lengths(self, lengths, num_prompts: int, owner: Tensor, t: Tensor, gens, mode: str) -> Tensor:
         if lengths is not None:
