@@ -46,7 +46,7 @@ class CheckpointPaths:
     retriever: str = ""   # --stage retriever ("" = runs/retriever/<name>/checkpoints/best.pt, else last.pt)
     mask: str = ""        # --stage t2m ("" = runs/mask/<name>/checkpoints/best.pt, else last.pt)
     residual: str = ""    # --stage t2m ("" = runs/residual/<name>/checkpoints/best.pt, else last.pt)
-    length: str = ""      # --stage t2m --lengths estimator ("" = runs/length/<name>/checkpoints/best.pt)
+    length_estimator: str = ""   # --stage t2m --lengths estimator ("" = runs/length_estimator/<name>/checkpoints/best.pt)
 
 
 @dataclass
@@ -211,7 +211,7 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     residual = _checkpoint(cfg.checkpoints.residual, "residual", args)
     length = None
     if args.lengths == "estimator":
-        length = _checkpoint(cfg.checkpoints.length, "length", args)
+        length = _checkpoint(cfg.checkpoints.length_estimator, "length_estimator", args)
     pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, length_estimator=length, device=device)
     if pipe.dataset != cfg.data.dataset:
         raise ValueError(f"the pipeline of {mask} is for dataset {pipe.dataset!r} but data.dataset="
@@ -237,7 +237,7 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     if pipe.retrieval is not None:
         checkpoints["retriever"] = getattr(pipe.retrieval.encoder, "path", "")
     if length:
-        checkpoints["length"] = length
+        checkpoints["length_estimator"] = length
     write_report(report, out_dir, stage="t2m", checkpoints=checkpoints, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
     return report

@@ -6,7 +6,7 @@
 
 Checkpoints: by default `<runs-root>/<stage>/<name>/checkpoints/best.pt` (else last.pt) of the mask and residual
 stages (`--runs-root runs --name demo`); the tokenizer and the retriever are found through the upstream records in
-those checkpoints, and the length estimator at `<runs-root>/length/<name>/` when it exists. Every path can be given
+those checkpoints, and the length estimator at `<runs-root>/length_estimator/<name>/` when it exists. Every path can be given
 explicitly. A prompts file has one `text` or `text#length` per line (length in frames; without it the length
 estimator picks one).
 
@@ -97,7 +97,7 @@ def _length_estimator(args) -> str | None:
         return args.length_estimator
     from utils.run_dir import final_checkpoint
 
-    path = final_checkpoint("length", args.name, args.runs_root)
+    path = final_checkpoint("length_estimator", args.name, args.runs_root)
     return str(path) if path.is_file() else None
 
 
