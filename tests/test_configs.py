@@ -22,6 +22,9 @@ def stage_schema(stage: str) -> type:
     if stage == "evaluator":
         from utils.tasks.evaluator import EvaluatorStageConfig
         return EvaluatorStageConfig
+    if stage == "residual":
+        from utils.tasks.residual import ResidualStageConfig
+        return ResidualStageConfig
     if stage == "eval":
         from eval_t2m import EvalStageConfig
         return EvalStageConfig
@@ -81,3 +84,14 @@ def test_eval_protocol_values(ds):
     cfg = load(CONFIGS / ds / "eval.yaml")
     assert cfg.eval.replications == 20 and cfg.eval.batch_size == 32 and cfg.split == "test"
     assert cfg.evaluator.path == f"checkpoints/{DATA_ROOTS[ds][1]}/text_mot_match/model/finest.tar"   # reference §3.1
+
+
+@pytest.mark.parametrize("ds", ["humanml3d", "kit"])
+def test_residual_paper_values(ds):
+    cfg = load(CONFIGS / ds / "residual.yaml")
+    m = cfg.model
+    assert (m.layers, m.heads, m.width) == (6, 6, 384)      # paper §2.6 R-trans
+    assert m.share_weight and m.cond_drop == pytest.approx(0.01) and m.guidance_scale == 5.0   # official code
+    assert cfg.upstream.text.name == "clip"                 # paper §2.4
+    assert cfg.train.lr == pytest.approx(2e-4)
+    assert cfg.length_model.num_bins == 50 and cfg.length_model.dataset == DATA_ROOTS[ds][1]   # reference §5.2
