@@ -112,9 +112,12 @@ class ResidualTransformerConfig:
         for key in ("dropout", "cond_drop"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise bad(key, "in [0, 1]", getattr(self, key))
-        check_guidance_scale(self.guidance_scale)
-        check_topk_ratio(self.topk_ratio)
-        check_temperature(self.temperature)
+        for key, check in (("guidance_scale", check_guidance_scale), ("topk_ratio", check_topk_ratio),
+                           ("temperature", check_temperature)):
+            try:
+                check(getattr(self, key))
+            except ValueError as err:
+                raise bad(key, str(err).split(" must be ", 1)[-1].rsplit(", got ", 1)[0], getattr(self, key)) from None
 
     @property
     def has_global_column(self) -> bool:

@@ -25,6 +25,9 @@ def stage_schema(stage: str) -> type:
     if stage.startswith("mask"):
         from utils.tasks.mask import MaskStageConfig
         return MaskStageConfig
+    if stage == "residual":
+        from utils.tasks.residual import ResidualStageConfig
+        return ResidualStageConfig
     if stage == "eval":
         from eval_t2m import EvalStageConfig
         return EvalStageConfig
@@ -107,3 +110,14 @@ def test_mask_ablation_configs_differ_from_the_paper_config_only_in_the_ablation
         assert "whole_body" in abl["upstream"]["retriever"]
         base["upstream"]["retriever"] = abl["upstream"]["retriever"]
     assert abl == base
+
+
+@pytest.mark.parametrize("ds", ["humanml3d", "kit"])
+def test_residual_paper_values(ds):
+    cfg = load(CONFIGS / ds / "residual.yaml")
+    m = cfg.model
+    assert (m.layers, m.heads, m.width) == (6, 6, 384)      # paper §2.6 R-trans
+    assert m.share_weight and m.cond_drop == pytest.approx(0.01) and m.guidance_scale == 5.0   # official code
+    assert cfg.upstream.text.name == "clip"                 # paper §2.4
+    assert cfg.train.lr == pytest.approx(2e-4)
+    assert cfg.length_model.num_bins == 50 and cfg.length_model.dataset == DATA_ROOTS[ds][1]   # reference §5.2
