@@ -152,3 +152,18 @@ def test_ablation_runs_train_and_record_their_upstream(ablation, mini_root, tiny
     ckpt = load_checkpoint(tmp_path / "mask" / ablation / "checkpoints" / "last.pt", stage="mask")
     assert ckpt["config"]["model"]["ablation"] == ablation
     assert ("retriever" in ckpt["extra"]["upstream"]) == (ablation != "no_retrieval")
+
+
+def test_validation_with_an_evaluator_scores_generations_and_selects_by_fid(tiny_upstream, tmp_path):
+    from datasets.mini import write_mini_dataset
+    from tests.test_evaluation import _official_tiny_evaluator
+    root = tmp_path / "mini100"                       # mini_root's val split has 2 entries: too few for top-3
+    write_mini_dataset(root, num_motions=100, seed=1)
+    ev = _official_tiny_evaluator(tmp_path)
+    extra = {"val.evaluator": ev, "val.eval_batch_size": 3, "val.eval_batches": 1, "train.max_steps": 2}
+    metrics = _run(["--runs-root", str(tmp_path), "--name", "ev",
+                    *tiny_mask_overrides(root, tiny_upstream, tmp_path / "c", **extra)])
+    assert {"val/fid", "val/top1", "val/top3", "val/mm_dist"} <= set(metrics)
+    assert metrics["val/fid"] >= 0 and 0 <= metrics["val/top1"] <= metrics["val/top3"] <= 1
+    best = load_checkpoint(tmp_path / "mask" / "ev" / "checkpoints" / "best.pt", stage="mask")
+    assert best["best"]["metric"] == "val/fid"

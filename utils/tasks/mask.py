@@ -161,6 +161,15 @@ def decode_base_layer(tokenizer, base: Tensor) -> Tensor:
     return tokenizer.decode(full)
 
 
+class _SpreadSubset(torch.utils.data.Subset):
+    """A Subset that keeps the eval dataset's `denormalize` / `set_epoch` (what evaluate_t2m uses)."""
+
+    def __getattr__(self, name):
+        if name in ("denormalize", "set_epoch", "spec", "mean", "std"):
+            return getattr(self.dataset, name)
+        raise AttributeError(name)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,7 +303,6 @@ class MaskTask(TrainTask):
 
     def generation_metrics(self) -> dict[str, float]:
         """FID / R-precision / MM-Dist of base-layer generations on val batches (fast: 1 replication)."""
-        from torch.utils.data import Subset
         from utils.evaluation import EvalConfig, evaluate_t2m
 
         v = self.cfg.val
@@ -303,7 +311,7 @@ class MaskTask(TrainTask):
             log.warning("val split has %d entries, fewer than val.eval_batch_size=%d: generation metrics skipped",
                         len(self.eval_set), v.eval_batch_size)
             return {}
-        subset = Subset(self.eval_set, np.linspace(0, len(self.eval_set) - 1, n).round().astype(int).tolist())
+        subset = _SpreadSubset(self.eval_set, np.linspace(0, len(self.eval_set) - 1, n).round().astype(int).tolist())
         device = self.device
         tok = self.frozen.tokenizer
 
