@@ -32,7 +32,8 @@ STE_VARIANTS = ("sum", "per_level")
 PROTOCOLS = ("normal", "guo", "table3")
 
 
-def bench_retriever(data: str, out: Path, steps: int, extra: list[str] = ()) -> list[dict]:
+def bench_retriever(data: str, out: Path, steps: int, extra: list[str] = (),
+                    variants=RETRIEVER_VARIANTS) -> list[dict]:
     from datasets.motion_dataset import build_dataset, collate
     from utils.config import load_config, to_dict
     from utils.run_dir import RunDir
@@ -40,7 +41,7 @@ def bench_retriever(data: str, out: Path, steps: int, extra: list[str] = ()) -> 
     from utils.training import Trainer, seed_everything
 
     rows = []
-    for similarity, head in RETRIEVER_VARIANTS:
+    for similarity, head in variants:
         name = f"{similarity}_{head}"
         over = [f"data.root={data}", f"model.similarity={similarity}", f"model.projection_head={head}",
                 f"train.max_steps={steps}", "train.device=cpu", f"train.val_every={steps}", f"train.ckpt_every={steps}",
@@ -56,6 +57,7 @@ def bench_retriever(data: str, out: Path, steps: int, extra: list[str] = ()) -> 
         train_s = time.perf_counter() - t0
         res = evaluate_retriever(run.last, cfg.data, split="val", protocols=PROTOCOLS)
         row = {"similarity": similarity, "projection_head": head, "steps": steps, "train_s": train_s,
+               "lr": cfg.train.lr,
                "val_entries": len(val_set.corpus.entries), "overrides": over,
                **{f"{p}/{d}/R01": res[p][f"{d}/R01"] for p in PROTOCOLS for d in ("t2m", "m2t")}}
         rows.append(row)
@@ -101,13 +103,14 @@ def markdown(result: dict) -> str:
         r0 = result["retriever"][0]
         lines += [f"Retriever, mini config, {r0['steps']} steps each, seed 0, last checkpoint, val split "
                   f"({r0['val_entries']} entries), R@1 in % (text→motion / motion→text):", "",
-                  "| similarity | projection head | normal | guo (batches of 32) | table3 | train s |",
-                  "|---|---|---|---|---|---|"]
+                  "| similarity | projection head | base lr | normal | guo (batches of 32) | table3 | train s |",
+                  "|---|---|---|---|---|---|---|"]
         for r in result["retriever"]:
             cells = " | ".join(f"{r[f'{p}/t2m/R01']:.2f} / {r[f'{p}/m2t/R01']:.2f}" for p in PROTOCOLS)
             tag = " (ours)" if (r["similarity"], r["projection_head"]) == ("normalized", "linear") else (
                 " (official)" if (r["similarity"], r["projection_head"]) == ("official", "official") else "")
-            lines.append(f"| {r['similarity']}{tag} | {r['projection_head']} | {cells} | {r['train_s']:.0f} |")
+            lines.append(f"| {r['similarity']}{tag} | {r['projection_head']} | {r['lr']:g} | {cells} | "
+                         f"{r['train_s']:.0f} |")
         lines.append("")
     if "rvq" in result:
         r0 = result["rvq"][0]
@@ -134,6 +137,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/bench_faithful", help="folder of the runs, the JSON and the markdown")
     p.add_argument("--set-retriever", nargs="*", default=[], metavar="KEY=VALUE", help="extra retriever overrides")
     p.add_argument("--set-rvq", nargs="*", default=[], metavar="KEY=VALUE", help="extra tokenizer overrides")
+    p.add_argument("--retriever-variants", nargs="*", default=None, metavar="SIMILARITY/HEAD",
+                   help="retriever variants to train (default: all four, e.g. official/official)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -144,7 +149,9 @@ def main(argv=None) -> dict:
                                                                                    else argv)}
     print(f"# issue-12 options on the mini dataset, {result['date']}, {result['machine']}", flush=True)
     if args.retriever_steps:
-        result["retriever"] = bench_retriever(args.data, out, args.retriever_steps, args.set_retriever)
+        variants = (RETRIEVER_VARIANTS if args.retriever_variants is None
+                    else [tuple(v.split("/")) for v in args.retriever_variants])
+        result["retriever"] = bench_retriever(args.data, out, args.retriever_steps, args.set_retriever, variants)
     if args.rvq_steps:
         result["rvq"] = bench_rvq(args.data, out, args.rvq_steps, args.set_rvq)
     md = markdown(result)
