@@ -15,7 +15,7 @@ L_Leg the left-foot contacts (D-4:D-2). t2m part widths: 7/50/50/60/60/60 (joint
 KIT widths: 7/62/62/48/48/48 (joint 3 is in three parts).
 Each part has its own transformer: Linear(part dims -> 512), a learnable summary token, sinusoidal positions,
 4 layers, 4 heads, a key-padding mask. The six summary outputs are concatenated (6·512) and projected to 512
-(dropout 0.5, paper.md §7), then L2-normalised. The projection head (of the motion encoder and of the text tower) is
+(dropout 0.5, paper.md §7; the official KIT-ML setting is 0.0), then L2-normalised. The projection head (of the motion encoder and of the text tower) is
 `projection_head`: "linear" (Dropout then Linear, ours) or "official" (Linear → GELU → Linear → Dropout → residual →
 LayerNorm, the official Part_TMR head; `models/projection_head.py`). `part_level=False` is the whole-body variant ("global retrieval"
 ablation, paper §2.2, Table 4): one transformer over all D dims. Two knobs exist only for small CPU runs:

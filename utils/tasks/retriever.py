@@ -9,7 +9,8 @@
     write_retrieval_report(ckpt_path, data_cfg, out_dir, split="val") -> (md, json)   all protocols, one split
 
 Training (reference §6.4): Adam, base lr 1e-5, with lr factors motion ×10 / text ×1 / heads ×10 (`param_groups`),
-cosine annealing, batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
+cosine annealing (the paper configs: `train.cosine_length: 2`, the official T_max of twice the run, so the rate ends
+at half the base), batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
 reference §1.5). The momentum EMA and the enqueue of the step's keys run in `after_optimizer_step`, after every
 optimizer step. With gradient accumulation each micro-batch's keys are enqueued in order.
 
