@@ -15,10 +15,11 @@ L_Leg the left-foot contacts (D-4:D-2). t2m part widths: 7/50/50/60/60/60 (joint
 KIT widths: 7/62/62/48/48/48 (joint 3 is in three parts).
 Each part has its own transformer: Linear(part dims -> 512), a learnable summary token, sinusoidal positions,
 4 layers, 4 heads, a key-padding mask. The six summary outputs are concatenated (6·512) and projected to 512
-(dropout 0.5, paper.md §7; the official KIT-ML setting is 0.0), then L2-normalised. The projection head (of the motion encoder and of the text tower) is
-`projection_head`: "linear" (Dropout then Linear, ours) or "official" (Linear → GELU → Linear → Dropout → residual →
-LayerNorm, the official Part_TMR head; `models/projection_head.py`). `part_level=False` is the whole-body variant ("global retrieval"
-ablation, paper §2.2, Table 4): one transformer over all D dims. Two knobs exist only for small CPU runs:
+(dropout 0.5, paper.md §7; the official KIT-ML setting is 0.0), then L2-normalised. The projection head (of the
+motion encoder and of the text tower) is `projection_head`: "linear" (Dropout then Linear, ours) or "official"
+(Linear → GELU → Linear → Dropout → residual → LayerNorm, the official Part_TMR head; `models/projection_head.py`).
+`part_level=False` is the whole-body variant ("global retrieval" ablation, paper §2.2, Table 4): one transformer
+over all D dims. Two knobs exist only for small CPU runs:
 `part_width` (the part transformers' width; paper 512) and `frame_pool` (average n frames per token; paper 1).
 With the paper config and DistilBERT the model has 237.9M parameters, online plus momentum (paper Table 3: 238M).
 
@@ -106,7 +107,7 @@ class RetrieverConfig:
     text_random_init: bool = False   # real backbone size, random weights (benchmarks, offline)
     text_freeze_backbone: bool = False  # reference §6.4 trains the text tower (lr factor 1); mini freezes MiniLM
     text_pooling: str = "mean"       # "mean" (ours) | "cls": the official code's first token (models/text_encoders.py)
-    projection_head: str = "linear"  # "linear": Dropout + Linear (ours) | "official": Part_TMR head (projection_head.py)
+    projection_head: str = "linear"  # "linear": Dropout + Linear (ours) | "official": Part_TMR (projection_head.py)
     similarity: str = "normalized"   # loss on L2-normalised embeddings (ours) | "official": un-normalised head outputs
     momentum: float = 0.99           # paper §2.1 m = 0.99 (reference §6.4; master branch 0.999)
     temperature: float = 0.07        # paper §2.1 τ
@@ -394,7 +395,8 @@ class BMMRetriever(nn.Module):
 
     # ---- encoders -----------------------------------------------------------------------------------------------
     def encode_motion(self, motion: Tensor, lengths: Tensor, normalize: bool = True) -> Tensor:
-        """motion (B, T, D), lengths (B,) -> (B, latent_dim) L2-normalised (online encoder; raw with normalize=False)."""
+        """motion (B, T, D), lengths (B,) -> (B, latent_dim) L2-normalised (online encoder; raw head output with
+        normalize=False)."""
         return self.motion_encoder(motion, lengths, normalize=normalize)
 
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> Tensor:

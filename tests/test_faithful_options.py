@@ -197,8 +197,8 @@ def test_table3_protocol_on_duplicate_captions_and_ties_by_hand():
     # text→motion ranks [0, 1, 1, 1]
     assert (out["t2m/R01"], out["t2m/R02"], out["t2m/R03"], out["t2m/R05"], out["t2m/R10"]) == (25, 100, 100, 100, 100)
     assert out["t2m/MedR"] == 2.0
-    # motion→text (columns): motion 0 → texts [.9 .8 .5 .1], hits {0, 2}: rank 0; motion 1 → [.9 .8 .1 .2], hit {1}:
-    # rank 1; motion 2 → [.1 .2 .3 .3], hits {0, 2}: text 2 ties text 3 and comes first: rank 0; motion 3 →
+    # motion→text (columns): motion 0 → texts [.9 .8 .5 .1], hits {0, 2}: rank 0; motion 1 → [.9 .8 .1 .2],
+    # hit {1}: rank 1; motion 2 → [.1 .2 .3 .3], hits {0, 2}: text 2 ties text 3 and comes first: rank 0; motion 3 →
     # [.2 .3 .7 .25], hit {3}: rank 2. Ranks [0, 1, 0, 2].
     assert (out["m2t/R01"], out["m2t/R02"], out["m2t/R03"]) == (50, 75, 100)
     assert out["m2t/MedR"] == 1.5

@@ -1,4 +1,4 @@
-"""Text↔motion retrieval metrics: the four TMR evaluation protocols and the paper's Table 3 protocol (`reference.md` §8).
+"""Text↔motion retrieval metrics: the four TMR protocols and the paper's Table 3 protocol (`reference.md` §8).
 
     contrastive_metrics(sims (N, N), text_sims=None, threshold=None) -> {"t2m/R01": .., "t2m/MedR": .., "m2t/...": ..}
 

@@ -62,7 +62,7 @@ class TrainConfig:
     gamma: float = 0.1                # multistep decay factor (reference §5.1)
     min_lr: float = 0.0               # cosine floor (absolute lr of a factor-1 group)
     cosine_length: float = 1.0        # cosine half-period (CosineAnnealingLR's T_max) in runs: 1 ends at min_lr;
-                                      # 2 = the official retriever (T_max twice the run: ends half-way, at (lr+min_lr)/2)
+                                      # 2 = official retriever (T_max twice the run: ends at (lr + min_lr) / 2)
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     bf16: bool = False                # bf16 autocast (CUDA only; ignored with a warning on CPU)
     fp16: bool = False                # fp16 autocast + loss scaling (CUDA GPUs without bf16)

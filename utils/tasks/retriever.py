@@ -56,7 +56,7 @@ class RetrieverRunConfig:
     head_lr_factor: float = 10.0     # reference §6.4
     val_protocol: str = "guo"        # TMR protocol (d) on val, batches of 32 (reference §8); "normal" for tiny splits
     build_database: bool = True      # build the retrieval database from the train split after training
-    final_eval: bool = True          # after training: kept checkpoint on val, TMR's 4 protocols + table3 (retrieval_val.md)
+    final_eval: bool = True          # after training: kept checkpoint on val, TMR's 4 + table3 (retrieval_val.md)
     database_batch_size: int = 64    # encoding batch of the database build / evaluation (no effect on results)
 
 
