@@ -112,8 +112,10 @@ def _checkpoint(cfg_value: str, stage: str, args) -> str:
 
     path = cfg_value or str(final_checkpoint(stage, args.name, args.runs_root))
     if not Path(path).is_file():
-        raise SystemExit(f"eval_t2m.py: --stage {stage}: checkpoint {path} not found; train it first "
-                         f"(python train_{stage}.py) or set checkpoints.{stage}=<path>")
+        script = {"mask": "train_mask_transformer.py", "length_estimator": "train_residual.py --length-estimator"
+                  }.get(stage, f"train_{stage}.py")
+        raise SystemExit(f"eval_t2m.py: --stage {args.stage}: checkpoint {path} not found; train it first "
+                         f"(python {script}) or set checkpoints.{stage}=<path>")
     return path
 
 
