@@ -409,11 +409,84 @@ def load_stage_config(parser: argparse.ArgumentParser, schema: type[T], stage: s
         args.name = Path(args.config).resolve().parent.name or stage
     try:
         cfg = load_config(schema, args.config, [*args.overrides, *extra_overrides])
+        check_device(cfg)
     except ConfigError as err:
         parser.error(str(err))
-    if check_run_dir and int(os.environ.get("RANK", "0")) == 0:
-        from utils.run_dir import run_dir_problem
-        problem = run_dir_problem(Path(args.runs_root) / stage / args.name, resume, overwrite)
-        if problem:
-            parser.error(problem)
+    if check_run_dir:
+        check_stage_run_dir(parser, stage, args, cfg)
     return cfg
+
+
+def check_device(cfg: Any) -> None:
+    """Refuse a `train.device` / `device` that does not exist on this machine (e.g. cuda without CUDA), as a
+    ConfigError naming the key; scripts call it on loading, configs built in code meet it in select_device."""
+    for key, holder in (("train.device", getattr(cfg, "train", None)), ("device", cfg)):
+        name = getattr(holder, "device", None)
+        if not isinstance(name, str):
+            continue
+        from utils.training import select_device
+        try:
+            select_device(name)
+        except ValueError as err:
+            raise ConfigError(str(err).replace("train.device=", f"{key}=", 1), key=key) from None
+
+
+def writable_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why the folder `path` (created later, with its parents) cannot be written (None = it can): its nearest
+    existing ancestor must be a folder in which a file can be created. Creates nothing that stays."""
+    import tempfile
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{what} {path} cannot be created: {probe} is a file, not a folder; choose another location"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".remomask-write-test-", dir=probe)
+    except OSError as err:
+        return (f"{what} {path} is not writable ({probe}: {err.strerror or err}); choose a writable location "
+                f"(e.g. --runs-root DIR)")
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argparse.Namespace, cfg: Any) -> None:
+    """The run dir checks of `load_stage_config`, before any work (exit 2 through `parser.error`): the folder is
+    writable, an existing run is not clobbered without --resume / --overwrite, and a --resume changes only the keys
+    utils.training.RESUME_CHANGEABLE allows (compared with the config stored in last.pt). Rank 0 only. A script
+    that adjusts its config after loading (train_evaluator.py) calls it itself with the adjusted config."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from utils.run_dir import run_dir_problem
+
+    path = Path(args.runs_root) / stage / args.name
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    problem = run_dir_problem(path, resume, overwrite) or writable_problem(path, "run dir")
+    if problem:
+        parser.error(problem)
+    last = path / "checkpoints" / "last.pt"
+    if resume and last.is_file():
+        saved = _checkpoint_config(last)
+        if saved is not None:
+            from utils.training import check_resume_config
+            try:
+                check_resume_config(saved, to_dict(cfg), str(last))
+            except ConfigError as err:
+                parser.error(str(err))
+
+
+def _checkpoint_config(path: Path) -> dict | None:
+    """The `config` of a checkpoint, read memory-mapped (cheap for large files); None when it cannot be read (the
+    Trainer reports that when it loads the file)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return config if isinstance(config, dict) else None

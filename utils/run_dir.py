@@ -7,16 +7,27 @@
       tb/                    tensorboard events
       eval.json, eval.md     evaluation reports
 
-A second run with the same name is refused unless `resume` (continue from last.pt) or `overwrite` (delete the old
-run first) is given; a folder without config.yaml and without a checkpoint (a start that failed before training)
-does not count as a run and is reused. Under torchrun only rank 0 touches the file system; the other ranks only
+A run is protected once it holds a checkpoint (`checkpoints/last.pt` or `best.pt`): a second run with the same name
+is then refused unless `resume` (continue from last.pt) or `overwrite` (delete the old run first) is given. A folder
+without a checkpoint (a start that stopped before its first checkpoint: a config error found late, a NaN at step 1,
+a `kill -9`) holds nothing worth protecting and is reused by a plain rerun, and `resume` without last.pt starts from
+step 0 with a warning, so both ways out of such a folder work. Reusing or resuming sweeps the orphan temp files
+(`.<name>.<random>.tmp<suffix>`, utils.atomic) that a process killed during a write leaves behind, and a reused
+folder loses its stale tensorboard events. Under torchrun only rank 0 touches the file system; the other ranks only
 compute the paths.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
+
+log = logging.getLogger("remomask.run_dir")
+
+# utils.atomic's temp names: ".<target name>.<12 hex>.tmp<suffix>"
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[^.]*)?$")
 
 
 class RunDirError(RuntimeError):
@@ -27,31 +38,61 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def checkpoints_of(path: str | os.PathLike) -> list[Path]:
+    """The checkpoint files (`checkpoints/*.pt`, not the hidden temp files of an interrupted write) of a run."""
+    ckpt_dir = Path(path) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("*.pt") if not p.name.startswith(".") and p.is_file())
+
+
 def run_started(path: str | os.PathLike) -> bool:
-    """Whether the folder holds a run worth protecting: its config.yaml or a checkpoint (checkpoints/*.pt).
-    A folder with neither (a start that failed before training began, e.g. empty checkpoints/ and tb/) is not."""
+    """Whether the folder holds a run worth protecting: a checkpoint (checkpoints/*.pt). A folder with only
+    config.yaml, tb/ events or orphan temp files (a start that stopped before its first checkpoint) is not."""
+    return bool(checkpoints_of(path))
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """Orphan temp files of utils.atomic (a writer killed mid-write) in the run folder and its checkpoints/."""
     path = Path(path)
-    ckpt_dir = path / "checkpoints"
-    return (path / "config.yaml").is_file() or (ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")))
+    out = []
+    for folder in (path, path / "checkpoints"):
+        if folder.is_dir():
+            out += [p for p in folder.iterdir() if p.is_file() and _TEMP_NAME.match(p.name)]
+    return sorted(out)
 
 
 def run_dir_problem(path: str | os.PathLike, resume: bool, overwrite: bool) -> str | None:
     """Why the run at `path` cannot start as asked (None = it can). Shared by RunDir and utils.config.stage_cli,
-    which checks before any data is loaded. A new run may reuse the folder of a failed start (`run_started`
-    False); a started run is refused without --resume / --overwrite."""
+    which checks before any data is loaded. A started run (one with a checkpoint) is refused without --resume /
+    --overwrite; everything else can start (`run_dir_note` says what will happen)."""
     path = Path(path)
-    last = path / "checkpoints" / "last.pt"
-    existing = path.is_dir() and any(path.iterdir())
     if resume and overwrite:
         return ("resume and overwrite exclude each other (resume continues a run, overwrite deletes it); pass only "
                 "one of --resume / --overwrite")
+    if path.exists() and not path.is_dir():
+        return f"run dir {path} exists but is not a folder; remove it or choose another --name / --runs-root"
+    if not resume and not overwrite and run_started(path):
+        names = ", ".join(p.name for p in checkpoints_of(path))
+        return (f"run dir {path} already exists with checkpoints ({names}); pass --resume to continue it or "
+                f"--overwrite to delete it and start again (or choose another --name)")
+    return None
+
+
+def run_dir_note(path: str | os.PathLike, resume: bool, overwrite: bool) -> str | None:
+    """What starting at `path` does besides the obvious (None = nothing to say): a reused folder, or a --resume
+    that has no last.pt and therefore starts from step 0. Logged at WARNING by RunDir."""
+    path = Path(path)
+    if overwrite or not path.is_dir() or not any(path.iterdir()):
+        return None
+    last = path / "checkpoints" / "last.pt"
     if resume and not last.is_file():
-        return (f"--resume: no checkpoint to resume from at {last} "
-                f"({'the run exists but has no last.pt' if existing else 'no such run'}); "
-                f"start the run without --resume")
-    if existing and not resume and not overwrite and run_started(path):
-        return (f"run dir {path} already exists; pass --resume to continue it or --overwrite to delete it and "
-                f"start again (or choose another --name)")
+        kept = [p.name for p in checkpoints_of(path)]
+        return (f"--resume: {path} has no checkpoints/last.pt (the run stopped before its first checkpoint); "
+                f"starting from step 0 in the same folder" + (f" ({', '.join(kept)} will be replaced)" if kept else ""))
+    if not resume and not run_started(path):
+        return (f"reusing run dir {path}: it holds no checkpoint (a start that stopped before its first checkpoint); "
+                f"starting from step 0")
     return None
 
 
@@ -70,7 +111,7 @@ class RunDir:
         stage: "rvq", "retriever", "mask", "residual", "eval", ...
         name: run name (default of the CLI: the config's dataset folder, e.g. "mini")
         root: root of all runs
-        resume: continue an existing run; its checkpoints/last.pt must exist
+        resume: continue an existing run from its checkpoints/last.pt; without one, start from step 0 (warning)
         overwrite: delete an existing run of this name and start afresh
     """
 
@@ -95,12 +136,26 @@ class RunDir:
         if _rank() == 0:
             self._prepare()
 
+    @property
+    def resuming(self) -> bool:
+        """Whether training continues from last.pt (`resume` and the file exists); else it starts at step 0."""
+        return self.resume and self.last.is_file()
+
     def _prepare(self) -> None:
         problem = run_dir_problem(self.path, self.resume, self.overwrite)
         if problem:
             raise RunDirError(problem)
+        note = run_dir_note(self.path, self.resume, self.overwrite)
+        if note:
+            log.warning("%s", note)
         if self.overwrite and self.path.exists():
             shutil.rmtree(self.path)
+        for tmp in temp_files(self.path):
+            log.warning("removing %s, the temp file of a write that was interrupted (%d bytes)", tmp,
+                        tmp.stat().st_size)
+            tmp.unlink()
+        if not self.resuming and self.tb_dir.is_dir() and not run_started(self.path):
+            shutil.rmtree(self.tb_dir)          # events of a start that never reached a checkpoint
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.tb_dir.mkdir(parents=True, exist_ok=True)
 

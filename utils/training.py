@@ -80,6 +80,34 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN / Inf; the run stopped without applying the update."""
 
 
+# Keys a --resume may change, each because the resumed run really uses the new value: the loop reads them every step
+# (step budget, frequencies, clipping, loader workers, device), the Trainer re-applies train.lr to the restored
+# optimizer and scheduler, and the scripts read the rest after loading (data location, after-training steps). Every
+# other key (model.*, data.* but root, seed, batch size, optimizer and schedule shape, loss weights, ...) defines the
+# run: changing it on resume is refused (`check_resume_config`), since the restored state would silently keep the old
+# value while config.yaml recorded the new one.
+RESUME_CHANGEABLE = (
+    "train.max_steps", "train.epochs", "train.lr", "train.grad_clip", "train.log_every", "train.val_every",
+    "train.val_every_epochs", "train.ckpt_every", "train.num_workers", "train.device",
+    "data.root", "val.render", "retriever.build_database", "retriever.final_eval", "retriever.database_batch_size",
+)
+
+
+def check_resume_config(saved: dict, new: dict, source: str) -> list[str]:
+    """Refuse a resume whose config changes a key outside RESUME_CHANGEABLE (ConfigError naming the key, both values
+    and `source`, the checkpoint it is compared with). Returns the allowed changes as "key: old -> new" lines. A key
+    missing from `saved` (written before the key existed) is not compared."""
+    changed = []
+    for key, old, value in _diff_leaves(saved, new):
+        if key in RESUME_CHANGEABLE:
+            changed.append(f"{key}: {old!r} -> {value!r}")
+            continue
+        raise ConfigError(f"--resume: {key}={value!r} differs from the run's {key}={old!r} ({source}); it cannot "
+                          f"change on resume (only {', '.join(RESUME_CHANGEABLE)} can); drop the override, or start "
+                          f"a new run with --overwrite or another --name", key=key)
+    return changed
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
@@ -356,8 +384,10 @@ class Trainer:
         self.best: dict | None = None     # {"metric", "value", "step"}
         self.last_val: dict[str, float] = {}
         self.writer = None
-        if run.resume:
+        if run.resuming:
             self._resume(run.last)
+        elif run.resume and self.main:
+            log.warning("--resume: %s does not exist; training starts from step 0", run.last)
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -366,10 +396,12 @@ class Trainer:
         if groups is None:
             groups = [{"params": [p for p in self.task.model.parameters() if p.requires_grad]}]
         built = []
+        self._lr_factors: list[float] = []
         for i, g in enumerate(groups):
             g = dict(g)
             g["params"] = [p for p in g["params"] if p.requires_grad]
             factor = float(g.pop("lr_factor", 1.0))
+            self._lr_factors.append(factor)
             g["lr"] = self.cfg.lr * factor
             g.setdefault("name", f"group{i}")
             built.append(g)
@@ -489,11 +521,14 @@ class Trainer:
         return mean_loss, logs
 
     def _stop(self, what: str) -> None:
-        last = (f"the last good checkpoint is {self.run.last}" if self.run.last.is_file()
-                else "no checkpoint was written yet")
+        if self.run.last.is_file():
+            last, again = f"the last good checkpoint is {self.run.last}", "then rerun with --resume"
+        else:
+            last, again = ("no checkpoint was written yet", "then rerun (the run dir, which holds no checkpoint, is "
+                                                            "reused; --resume also starts it from step 0)")
         raise NonFiniteLossError(
             f"{self.task.stage}: step {self.step + 1}: {what}; stopped without applying this update "
-            f"({last}). Lower train.lr, set train.grad_clip, or check the data, then --resume")
+            f"({last}). Lower train.lr, set train.grad_clip, or check the data, {again}")
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -568,11 +603,13 @@ class Trainer:
     def _resume(self, path) -> None:
         task = self.task
         ckpt = load_checkpoint(path, stage=task.stage, map_location="cpu")
+        changed = check_resume_config(ckpt.get("config") or {}, self.config, str(path))
         load_model_state(task.model, ckpt["model"], path)
         if task.ema is not None and ckpt.get("ema") is not None:
             load_model_state(task.ema, ckpt["ema"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._apply_lr()
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
@@ -587,12 +624,21 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + self.step)
         elif self.dist.rank < len(rng):
             set_rng_state(rng[self.dist.rank])
-        changed = _diff_keys(ckpt.get("config") or {}, self.config)
         if changed and self.main:
-            log.warning("resuming %s with a changed config: %s", path, ", ".join(changed[:10]))
+            log.warning("resuming %s with a changed config (applied): %s", path, ", ".join(changed))
         if self.main:
             log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", path, self.step, self.epoch,
                      self.batch_in_epoch)
+
+    def _apply_lr(self) -> None:
+        """After restoring the scheduler: base lrs from this config's train.lr (a --resume may change it), and the
+        lr of the next update recomputed as LambdaLR does (the same value when nothing changed)."""
+        bases = [self.cfg.lr * f for f in self._lr_factors]
+        self.scheduler.base_lrs = list(bases)
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg, self.max_steps)
+        for g, base in zip(self.optimizer.param_groups, bases):
+            g["initial_lr"] = base
+            g["lr"] = base * factor
 
     # ---- logging ----------------------------------------------------------------------------------------------
 
@@ -667,13 +713,20 @@ def _valid_device_name(name: str) -> bool:
         return False
 
 
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
+def _diff_leaves(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of the leaves that differ between two nested config dicts; keys absent
+    from `a` are skipped (a config written before they existed)."""
     out = []
-    for k in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(k), b.get(k)
+    for k in sorted(b, key=str):
+        if k not in a:
+            continue
+        va, vb = a[k], b[k]
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+            out += _diff_leaves(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (_is_seq(va) and _is_seq(vb) and list(va) == list(vb)):
+            out.append((f"{prefix}{k}", va, vb))
     return out
+
+
+def _is_seq(x: Any) -> bool:
+    return isinstance(x, (list, tuple))
