@@ -70,4 +70,6 @@ def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu",
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="train_retriever.py"))

@@ -893,12 +893,38 @@ def make_motion(seed: int, index: int) -> MiniMotion:
 _MIRROR_WORDS = {"left": "right", "right": "left", "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
 
 
+def _mirror_word(word: str) -> str:
+    """left <-> right, clockwise <-> counterclockwise, keeping a capital first letter ("Left" -> "Right")."""
+    swapped = _MIRROR_WORDS.get(word.lower())
+    if swapped is None:
+        return word
+    return swapped.capitalize() if word[:1].isupper() else swapped
+
+
+def mirror_tokens(tokens: str) -> str:
+    """The POS-token field of a text line (`word/POS ...`) for the mirrored motion: each token's word mirrored."""
+    out = []
+    for tok in tokens.split(" "):
+        word, sep, pos = tok.partition("/")
+        out.append(_mirror_word(word) + sep + pos)
+    return " ".join(out)
+
+
 def mirror_caption(caption: str) -> str:
-    """The caption of the left/right mirrored motion: left <-> right, clockwise <-> counterclockwise."""
+    """The caption of the left/right mirrored motion: left <-> right, clockwise <-> counterclockwise.
+
+    Given a whole text line `caption#tokens#start#end`, the POS tokens are mirrored too (and start/end kept), so the
+    line stays consistent with its caption."""
+    if "#" in caption:
+        fields = caption.split("#")
+        fields[0] = mirror_caption(fields[0])
+        if len(fields) > 1:
+            fields[1] = mirror_tokens(fields[1])
+        return "#".join(fields)
     out = []
     for raw in caption.split(" "):
         core = raw.rstrip(".,")
-        out.append(_MIRROR_WORDS.get(core, core) + raw[len(core):])
+        out.append(_mirror_word(core) + raw[len(core):])
     return " ".join(out)
 
 

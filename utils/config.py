@@ -284,6 +284,36 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 # The shared command line
 # --------------------------------------------------------------------------------------------------------------
 
+# What the design notes' section numbers ("reference §5.1", "reference.md §1.3") stand for, in words a user can look
+# up: the paper or the public reference code. --help text goes through `user_citations`.
+_CITATIONS = {
+    "1.1": "HumanML3D layout", "1.2": "HumanML3D text format", "1.3": "T2M / MoMask data loader",
+    "1.4": "MoMask data loader", "1.5": "MoMask / T2M normalisation", "1": "HumanML3D / MoMask data code",
+    "2.2": "HumanML3D paramUtil.py", "2": "HumanML3D motion_representation.ipynb",
+    "3": "Guo et al. 2022 evaluator code", "4": "T2M evaluation code (Guo et al. 2022)",
+    "5.1": "MoMask code, options/vq_option.py", "5.2": "MoMask code, models/vq/model.py",
+    "5.3": "MoGenTS / ReMoMask code, models/vq", "5": "MoMask / MoGenTS tokenizer code",
+    "6.1": "MoMask code, models/mask_transformer", "6.2": "MoMask code, models/mask_transformer",
+    "6.3": "ReMoMask / MoGenTS code", "6.4": "ReMoMask official code", "6": "ReMoMask / MoMask code",
+    "7": "MoMask code, visualization/joints2bvh.py", "8": "TMR code, retrieval.py", "9": "the reference code",
+}
+_CITE = re.compile(r"(?:the )?reference(?:\.md)?(?: code)?\s*§\s*(\d+)(?:\.(\d+))?(?:\s*[-/,]\s*§?\s*\d+(?:\.\d+)?)*")
+
+
+def user_citations(text: str) -> str:
+    """`text` with the internal design-note citations ("reference §5.1", "reference.md §1.3", "paper.md §7",
+    "reference.md") replaced by what they cite (the paper, or the reference code named by project and file), for
+    --help and other user-facing text."""
+    def cite(m: re.Match) -> str:
+        major, minor = m.group(1), m.group(2)
+        return _CITATIONS.get(f"{major}.{minor}" if minor else major) or _CITATIONS.get(major, "the reference code")
+    text = _CITE.sub(cite, text)
+    # a bare "§6.1" continuing a citation ("(VQ: 0; transformers 1e-5, §6.1)"); paper and ARCHITECTURE sections stay
+    text = re.sub(r"(?<!paper )(?<!ARCHITECTURE )(?<!ARCHITECTURE\.md )(?<!\.md )§\s*(\d+)(?:\.(\d+))?", cite, text)
+    text = re.sub(r"paper\.md\s*§\s*\d+(?:\.\d+)?", "the paper", text)
+    return re.sub(r"`?reference\.md`?", "the reference code", text)
+
+
 def _field_comments(cls: type) -> dict[str, str]:
     """Trailing `# comments` of a dataclass's field lines (the documented source of each default)."""
     try:
@@ -301,7 +331,7 @@ def _field_comments(cls: type) -> dict[str, str]:
             line = lines[tok.start[0] - 1]
             m = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
             if m:
-                comments[m.group(1)] = tok.string.lstrip("#").strip()
+                comments[m.group(1)] = user_citations(tok.string.lstrip("#").strip())
     return comments
 
 
@@ -382,7 +412,7 @@ def stage_parser(schema: type, stage: str, argv: Sequence[str] | None = None, de
     pre.add_argument("--config", default=None)
     chosen = pre.parse_known_args(argv)[0].config
     parser = argparse.ArgumentParser(
-        description=description or f"Train / run the {stage} stage.",
+        description=user_citations(description or f"Train / run the {stage} stage."),
         epilog=_help_epilog(schema, default_config, chosen),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, metavar="PATH",
@@ -394,6 +424,8 @@ def stage_parser(schema: type, stage: str, argv: Sequence[str] | None = None, de
     if run_flags:
         parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.pt")
         parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of data / config / checkpoint errors (normally one line)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
