@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     runner = {"gt": run_gt, "rvq": run_rvq, "retriever": run_retriever}[args.stage]
     try:
         runner(cfg, args, device, out_dir)       # prints the table, then writes it
-    except project_errors() as e:
+    except (*project_errors(), OSError) as e:
         if args.debug:
             raise
         print(f"eval_t2m.py: {one_line(e)}", file=sys.stderr)

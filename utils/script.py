@@ -28,6 +28,7 @@ def config_errors() -> tuple[type[BaseException], ...]:
 def project_errors() -> tuple[type[BaseException], ...]:
     """Errors of input the user controls (data, checkpoints, files, run dirs, a diverging run): exit code 1."""
     from datasets.motion_dataset import DatasetError
+    from datasets.word_vectorizer import GloveError
     from models.evaluator import EvaluatorLoadError
     from models.retriever import RetrieverError
     from models.text_encoders import TextEncoderError
@@ -37,7 +38,7 @@ def project_errors() -> tuple[type[BaseException], ...]:
     from utils.run_dir import RunDirError
     from utils.training import NonFiniteLossError
 
-    return (DatasetError, CheckpointError, RetrieverError, TextEncoderError, EvaluatorLoadError, EvaluationError,
+    return (DatasetError, GloveError, CheckpointError, RetrieverError, TextEncoderError, EvaluatorLoadError, EvaluationError,
             RunDirError, NonFiniteLossError, PromptsError)
 
 
