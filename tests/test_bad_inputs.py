@@ -70,7 +70,7 @@ LOAD_CASES = [
     ("train_rvq.py", ["data.window_size=30"], "data.window_size=30: expected a multiple of 4"),
     ("train_rvq.py", ["model.quantize_dropout=2"], "model.quantize_dropout=2.0: expected a probability"),
     ("train_retriever.py", ["train.batch_size=3"], "train.batch_size=3 does not divide model.queue_size=16"),
-    ("train_retriever.py", ["model.text_path=/no/such/folder"], "model.text_path='/no/such/folder': does not exist"),
+    ("train_retriever.py", ["model.text_tiny=false", "model.text_path=/no/such/folder"], "model.text_path='/no/such/folder': does not exist"),
     ("train_retriever.py", ["retriever.val_protocol=fast"], "retriever.val_protocol='fast': expected one of"),
     ("train_evaluator.py", ["train.schedule=cosin"], "train.schedule='cosin': expected one of"),
     ("eval_t2m.py", ["--stage", "gt", "eval.replications=0"], "eval.replications"),
@@ -175,11 +175,14 @@ def test_data_file_errors_are_one_line_with_exit_1(tmp_path, mini_root, capsys, 
     root = _copy(mini_root, tmp_path)
     expected = DATA_CASES[case](root)
     runs = tmp_path / "runs"
+    if script == "eval_t2m.py":
+        from tests.test_evaluation import _official_tiny_evaluator
+        evaluator = _official_tiny_evaluator(tmp_path / "ev")
     argv = {"train_rvq.py": lambda: rvq_args(runs, root),
             "train_retriever.py": lambda: retriever_args(runs, root),
             "train_evaluator.py": lambda: evaluator_args(runs, root),
             "eval_t2m.py": lambda: ["--stage", "gt", "--runs-root", str(runs), f"data.root={root}",
-                                    "split=train", "evaluator.path=runs/none.tar"]}[script]()
+                                    "split=train", f"evaluator.path={evaluator}", "device=cpu"]}[script]()
     rc, _, err = run(script, argv, capsys)
     assert rc == 1, err
     line = last_line(err)
@@ -279,7 +282,8 @@ def test_retriever_validation_and_eval_agree_on_a_split_too_small_for_guo(tmp_pa
     assert ("retriever.val_protocol='guo' needs at least one batch of 32 entries; the val split has 2: "
             "validating with protocol 'normal'") in caplog.text
     rc, out, err = run("eval_t2m.py", ["--stage", "retriever", "--runs-root", str(runs), "--name", "r",
-                                       f"data.root={mini_root}", "split=val"], capsys)
+                                       f"data.root={mini_root}", "split=val", "device=cpu",
+                                       f"checkpoints.retriever={runs}/retriever/r/checkpoints/best.pt"], capsys)
     assert rc == 0, err
     assert "protocol guo skipped: needs at least one batch of 32 entries; the val split has 2" in err
     assert "guo: skipped (needs at least one batch of 32 entries; the val split has 2)" in out   # printed table
@@ -297,8 +301,9 @@ def test_eval_prints_the_table_before_writing_it(tmp_path, mini_root, capsys, mo
 
     ev = _official_tiny_evaluator(tmp_path)
     rc, out, err = run("eval_t2m.py", ["--stage", "gt", "--runs-root", str(tmp_path / "runs"), "--name", "t",
-                                       f"data.root={mini_root}", f"evaluator.path={ev}", "--replications", "1",
-                                       "--fast", "eval.batch_size=4", "eval.diversity_times=2"], capsys)
+                                       f"data.root={mini_root}", f"evaluator.path={ev}", "eval.batch_size=4",
+                                       "eval.diversity_times=2", "device=cpu", "--replications", "1", "--fast"],
+                         capsys)
     assert rc == 1
     assert "R_precision_top1" in out or "R-precision" in out
     assert last_line(err).startswith("eval_t2m.py: ") and "Read-only file system" in last_line(err)
