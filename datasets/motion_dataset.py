@@ -243,6 +243,9 @@ def _tag(value: str, path: str, lineno: int, line: str, what: str) -> float:
     except ValueError:
         raise DatasetError(f"{_MOD}: {path} line {lineno}: expected a number of seconds as {what}, "
                            f"got {value!r} in {line!r}") from None
+    if np.isinf(x):     # would overflow the frame index; NaN reads as 0 (whole clip), as in the reference
+        raise DatasetError(f"{_MOD}: {path} line {lineno}: expected a finite number of seconds as {what}, "
+                           f"got {value!r} in {line!r}")
     return 0.0 if np.isnan(x) else x
 
 
