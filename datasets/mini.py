@@ -1118,12 +1118,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes building motions (default 1; the output is identical for any value)")
     args = parser.parse_args(argv)
+    from utils.config import writable_problem
+
+    problem = writable_problem(args.out, "--out folder")      # before minutes of generation
+    if problem is None and args.preview and Path(args.preview).suffix.lower() not in (".png", ".jpg", ".jpeg",
+                                                                                     ".pdf", ".svg"):
+        problem = f"--preview {args.preview}: expected an image file name (.png, .jpg, .jpeg, .pdf or .svg)"
+    if problem is None and args.preview:
+        problem = writable_problem(Path(args.preview).parent, "--preview folder")
+    if problem:
+        print(f"python -m datasets.mini: error: {problem}", file=sys.stderr)
+        return 2
     try:
         s = write_mini_dataset(args.out, args.num_motions, args.seed, args.overwrite, progress=True,
                                workers=args.workers, mirror=args.mirror)
     except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"python -m datasets.mini: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"python -m datasets.mini: error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"wrote {s.num_motions} motions, {s.captions} captions to {s.out} in {s.seconds:.1f} s")
     print("families: " + ", ".join(f"{k} {v}" for k, v in s.families.items()))
     print("splits: " + ", ".join(f"{k} {v}" for k, v in s.splits.items()) + f"; vocabulary {s.vocabulary} words")

@@ -307,3 +307,45 @@ def test_eval_prints_the_table_before_writing_it(tmp_path, mini_root, capsys, mo
     assert rc == 1
     assert "R_precision_top1" in out or "R-precision" in out
     assert last_line(err).startswith("eval_t2m.py: ") and "Read-only file system" in last_line(err)
+
+
+# ---- the other command lines ------------------------------------------------------------------------------------
+
+def test_mini_dataset_cli_checks_its_output_paths_before_generating(tmp_path, capsys):
+    from datasets import mini
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x\n")
+    assert mini.main(["--out", str(blocker / "mini"), "--num-motions", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"python -m datasets.mini: error: --out folder {blocker / 'mini'} cannot be created: {blocker} " \
+                  f"is a file, not a folder; choose another location"
+    assert mini.main(["--out", str(tmp_path / "m"), "--num-motions", "3", "--preview", str(tmp_path / "p.gif")]) == 2
+    assert "--preview" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "datasets.mini", "utils.plot"])
+def test_help_cites_the_paper_or_the_reference_code_not_internal_notes(script, capsys):
+    import importlib
+
+    main = SCRIPTS.get(script) or importlib.import_module(script).main
+    with pytest.raises(SystemExit) as ex:
+        main(["--help"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    assert len(out) > 300
+    for internal in ("reference.md", "reference §", "paper.md"):
+        assert internal not in out, f"{script} --help cites {internal!r}"
+    if script.endswith(".py") and script != "eval_t2m.py":
+        assert "--debug" in out
+
+
+def test_user_citations_maps_the_design_note_sections():
+    from utils.config import user_citations
+
+    assert user_citations("AdamW (reference §5.1)") == "AdamW (MoMask code, options/vq_option.py)"
+    assert user_citations("raw Std (reference.md §1.5)") == "raw Std (MoMask / T2M normalisation)"
+    assert user_citations("dropout 0.5 (paper.md §7)") == "dropout 0.5 (the paper)"
+    assert user_citations("(VQ: 0; transformers 1e-5, §6.1)") == "(VQ: 0; transformers 1e-5, MoMask code, " \
+                                                                 "models/mask_transformer)"
+    assert user_citations("paper §2.1 and ARCHITECTURE.md §3") == "paper §2.1 and ARCHITECTURE.md §3"
