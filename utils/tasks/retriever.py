@@ -110,6 +110,13 @@ def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
                           f"{prefix}model.queue_size={m.queue_size}: expected a (global) batch size that divides the "
                           f"queue size, e.g. train.batch_size={_divisor_below(m.queue_size // world, cfg.train.batch_size)}",
                           key=f"{prefix}train.batch_size")
+
+
+def check_stage_paths(cfg: RetrieverStageConfig, prefix: str = "") -> None:
+    """The file system side of the config (train_retriever.py runs it right after loading, before any data): a
+    `model.text_path` must be a Hugging Face model folder. Not part of check_values, so a config names paths of
+    another machine and still loads (tests, --help)."""
+    m = cfg.model
     if m.text_path and not m.text_tiny:
         folder = Path(m.text_path)
         if not (folder / "config.json").is_file():
