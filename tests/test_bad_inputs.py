@@ -349,3 +349,22 @@ def test_user_citations_maps_the_design_note_sections():
     assert user_citations("(VQ: 0; transformers 1e-5, §6.1)") == "(VQ: 0; transformers 1e-5, MoMask code, " \
                                                                  "models/mask_transformer)"
     assert user_citations("paper §2.1 and ARCHITECTURE.md §3") == "paper §2.1 and ARCHITECTURE.md §3"
+
+
+@pytest.mark.slow          # two interpreter starts (~10 s each on a shared CPU); the in-process tests above are the fast path
+@pytest.mark.parametrize("extra,code,needle", [
+    (["model.mu=2"], 2, "train_rvq.py: error: override 'model.mu=2': model.mu=2.0: expected an EMA decay"),
+    (["data.root=/no/such/dataset"], 1, "train_rvq.py: datasets/motion_dataset.py: "),
+])
+def test_the_real_command_line_exits_with_one_line(tmp_path, extra, code, needle):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    cmd = [sys.executable, "train_rvq.py", "--runs-root", str(tmp_path / "runs"), "train.device=cpu", *extra]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).startswith(needle), proc.stderr
