@@ -368,3 +368,15 @@ def test_the_real_command_line_exits_with_one_line(tmp_path, extra, code, needle
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     assert last_line(proc.stderr).startswith(needle), proc.stderr
+
+
+def test_resume_from_a_corrupt_last_checkpoint_is_one_line(finished_rvq_run, mini_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_rvq_run / "rvq" / "r", runs / "rvq" / "c")
+    last = runs / "rvq" / "c" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])                  # truncated by hand (an atomic write never does this)
+    rc, _, err = run("train_rvq.py", [*rvq_args(runs, mini_root, name="c"), "--resume"], capsys)
+    assert rc == 1
+    line = last_line(err)
+    assert line.startswith(f"train_rvq.py: checkpoint {last} (1000 bytes) is truncated or corrupt")
+    assert "use another checkpoint (e.g. best.pt)" in line
