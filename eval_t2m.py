@@ -139,16 +139,24 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     """The standard metrics with RVQ-VAE reconstructions as the generation, plus the tokenizer's own
     reconstruction numbers (`utils.tasks.rvq.evaluate_reconstruction`: MPJPE, feature L1, code usage).
 
-    Without an evaluator file (the path does not exist) only the tokenizer's own numbers are reported, and the
-    report says that FID / R-precision / MM-Dist / Diversity were skipped and why. An evaluator file that exists but
-    cannot be loaded (truncated, other dataset, ...) is an error."""
+    The checkpoint and the split are loaded once; the split is normalised once, with the tokenizer's statistics, and
+    the evaluator normalises the raw features once with its own. Without an evaluator file (the path does not exist)
+    only the tokenizer's own numbers are reported, and the report says that FID / R-precision / MM-Dist / Diversity
+    were skipped and why. An evaluator file that exists but cannot be loaded (truncated, other dataset, ...) is an
+    error."""
     import torch
 
     from datasets.motion_dataset import build_dataset
+    from models.tokenizer import MotionTokenizer
     from utils.evaluation import evaluate_t2m, evaluator_skipped_report, write_report
-    from utils.tasks.rvq import evaluate_reconstruction, load_rvq
+    from utils.tasks.rvq import evaluate_reconstruction
 
     ckpt = _checkpoint(cfg.checkpoints.rvq, "rvq", args)
+    tok = MotionTokenizer.from_checkpoint(ckpt, device)
+    if tok.dataset != cfg.data.dataset:
+        raise ValueError(f"tokenizer {ckpt} was trained on dataset {tok.dataset!r} but data.dataset="
+                         f"{cfg.data.dataset!r}")
+    stats = (tok.mean, tok.std)
     ev_path = evaluator_path(cfg)
     if not Path(ev_path).exists():
         reason = (f"FID, R-precision, MM-Dist and Diversity skipped because the evaluator checkpoint {ev_path} does "
@@ -156,22 +164,22 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
                   f"the other reconstruction numbers need no evaluator")
         print(f"eval_t2m.py: {reason}", file=sys.stderr)
         report = evaluator_skipped_report(_deterministic(cfg.eval), reason, label="rvq reconstruction")
-        recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=None, device=device)
+        recon = evaluate_reconstruction(tok, split=cfg.split, device=device,
+                                        dataset=build_dataset(cfg.data, cfg.split, "text", stats))
         write_report(report, out_dir, echo=True, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
                      split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)
         return report
     evaluator = load_evaluator(cfg, device)
-    tok = load_rvq(ckpt, device)
-    eval_set = build_dataset(cfg.data, cfg.split, "eval")
+    eval_set = build_dataset(cfg.data, cfg.split, "eval", stats)       # normalised once, for the tokenizer
 
     @torch.no_grad()
     def reconstruct(batch):
         lengths = torch.as_tensor(batch["length"]).reshape(-1)
-        return tok.reconstruct(eval_set.denormalize(batch["motion"]), lengths)[2], lengths
+        return tok.denormalize(tok.model(batch["motion"].to(tok.device)).recon).cpu(), lengths
 
     report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
     report["requested_config"] = asdict(cfg.eval)
-    recon = evaluate_reconstruction(ckpt, cfg.data, split=cfg.split, evaluator=evaluator, device=device)
+    recon = evaluate_reconstruction(tok, split=cfg.split, evaluator=evaluator, device=device, dataset=eval_set)
     write_report(report, out_dir, echo=True, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
                  split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)
     return report
@@ -197,9 +205,11 @@ def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
 
 
 def _dataset_note(cfg: EvalStageConfig) -> str:
-    root = Path(cfg.data.root).name.lower()
-    if "mini" in root:
-        return "mini dataset: numbers are a smoke test, never comparable to paper tables"
+    """The report's warning for generated data (the folder's dataset_info.json flag, never its name)."""
+    from datasets.registry import is_procedural
+
+    if is_procedural(cfg.data.root):
+        return "procedural mini dataset: numbers are a smoke test, never comparable to paper tables"
     return ""
 
 

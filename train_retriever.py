@@ -21,7 +21,7 @@ from utils import distributed
 from utils.config import ConfigError, load_stage_config, stage_parser
 from utils.run_dir import RunDir
 from utils.tasks.retriever import (RetrieverStageConfig, RetrieverTask, build_database, check_stage_paths,
-                                   write_retrieval_report)
+                                   load_retriever, write_retrieval_report)
 from utils.training import Trainer, configure_logging, seed_everything, select_device
 
 
@@ -52,24 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     task = RetrieverTask(cfg, val_set=val_set)
     run = RunDir("retriever", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
     Trainer(task, cfg.train, run, train_set, val_set, collate_fn=collate, config=cfg).fit()
-    after_training(run, cfg, str(task.device), num_val_entries=len(val_set.corpus.entries))
+    after_training(run, cfg, str(task.device), train_set=train_set, val_set=val_set)
     return 0
 
 
-def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu",
-                   num_val_entries: int | None = None):
+def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu", train_set=None, val_set=None):
     """Rank 0 only (the Trainer has ended the process group; no other rank reads these files): the train-split
-    database next to the kept checkpoint, then that checkpoint on val under every TMR protocol.
+    database next to the kept checkpoint, then that checkpoint on val under every TMR protocol. The checkpoint is
+    loaded once, and the splits the training already read are reused.
     Returns the path of retrieval_val.md (None when not written)."""
     if not distributed.is_main_process():
         return None
     ckpt = run.final_checkpoint
+    if not (cfg.retriever.build_database or cfg.retriever.final_eval):
+        return None
+    retriever = load_retriever(ckpt, device)
     if cfg.retriever.build_database:
-        build_database(ckpt, cfg.data, split="train", device=device, batch_size=cfg.retriever.database_batch_size)
+        build_database(ckpt, cfg.data, split="train", device=device, batch_size=cfg.retriever.database_batch_size,
+                       retriever=retriever, dataset=train_set)
     if not cfg.retriever.final_eval:
         return None
     md, js = write_retrieval_report(ckpt, cfg.data, run.path, split="val", device=device,
-                                    batch_size=cfg.retriever.database_batch_size, num_entries=num_val_entries)
+                                    batch_size=cfg.retriever.database_batch_size, retriever=retriever,
+                                    dataset=val_set, num_entries=None if val_set is None else
+                                    len(val_set.corpus.entries))
     print(f"train_retriever.py: val retrieval (all TMR protocols) of {ckpt}: {md} ({js.name})")
     print(md.read_text())
     return md

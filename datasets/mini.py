@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -44,6 +45,7 @@ from typing import Callable
 
 import numpy as np
 
+from datasets.registry import DATASET_INFO_FILE
 from datasets.skeleton import T2M_PARENTS, T2M_TARGET_BONE_LENGTHS
 from datasets.word_vectorizer import SPECIAL_WORDS, WORD_DIM, write_glove_folder
 
@@ -1073,6 +1075,10 @@ def write_mini_dataset(out: str | os.PathLike, num_motions: int = 2000, seed: in
         _save_npy(tmp / "Std.npy", std)
         words, vectors = glove_table()
         write_glove_folder(tmp / "glove", words, vectors)
+        info = {"name": "mini", "procedural": True, "seed": seed, "num_motions": num_motions,
+                "note": "procedural mini dataset (datasets/mini.py): numbers are smoke tests, never comparable to "
+                        "paper tables"}
+        (tmp / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -55,9 +55,13 @@ skipped ..." at the end of every load):
 Blank lines in split and text files are ignored, and so is a UTF-8 byte-order mark at the start of either.
 
 Item randomness (caption choice, crop length, crop start; "window" items are fixed, the sampler shuffles them)
-comes from torch's global RNG. The trainer seeds it (`utils.training.seed_everything`); DataLoader workers get
-distinct per-worker, per-epoch torch seeds, so workers never repeat each other's draws (unlike numpy's global RNG,
-which forked workers would share).
+comes from a generator derived from (seed, epoch, index) alone, never from global state: item i of epoch e is the
+same whichever process, worker or model asks for it, and however much randomness anything else draws. The trainer
+calls `set_epoch(epoch, seed=train.seed)` before each epoch; the evaluation driver `set_epoch(replication seed)`.
+So a model that draws more random numbers cannot change which captions and crops the ground truth gets.
+
+Normalisation. `build_dataset(..., stats=(mean, std))` normalises with the statistics of the consumer (the
+tokenizer's, stored in its checkpoint); without `stats` the folder's Mean/Std with the feat_bias rule are used.
 """
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.representation import feature_dim, num_joints
+from datasets.registry import DATASETS, DatasetFacts, dataset_facts
 from utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -129,7 +133,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Constants of one dataset (reference §1.3). Lengths in frames."""
+    """Constants of one dataset (`datasets.registry`) with a config's length overrides applied. Lengths in frames."""
     name: str
     dim: int                  # feature width D
     joints: int               # J
@@ -140,12 +144,14 @@ class DatasetSpec:
     unit_length: int = 4
     subclip_fps: float = 20.0  # the reference uses 20 for both datasets when cutting sub-clips
 
+    @classmethod
+    def from_facts(cls, facts: DatasetFacts) -> "DatasetSpec":
+        return cls(facts.name, dim=facts.dim, joints=facts.joints, fps=facts.fps, min_length=facts.min_length,
+                   max_length=facts.max_length, pad_length=facts.pad_length, unit_length=facts.unit_length,
+                   subclip_fps=facts.subclip_fps)
 
-SPECS: dict[str, DatasetSpec] = {
-    # reference §1.1, §1.3; D (263 / 251) and J (22 / 21) as datasets.representation defines them
-    "t2m": DatasetSpec("t2m", dim=feature_dim("t2m"), joints=num_joints("t2m"), fps=20.0, min_length=40),
-    "kit": DatasetSpec("kit", dim=feature_dim("kit"), joints=num_joints("kit"), fps=12.5, min_length=24),
-}
+
+SPECS: dict[str, DatasetSpec] = {ds: DatasetSpec.from_facts(dataset_facts(ds)) for ds in DATASETS}
 
 
 def get_spec(cfg: DataConfig | str) -> DatasetSpec:
@@ -614,7 +620,7 @@ class MotionTextDataset(Dataset):
     """
 
     def __init__(self, corpus: MotionCorpus, mean: np.ndarray, std: np.ndarray, cfg: DataConfig, mode: str,
-                 vectorizer: Any = None):
+                 vectorizer: Any = None, seed: int = 0):
         if mode not in MODES:
             raise DatasetError(f"{_MOD}: argument 'mode' must be one of {MODES}, got {mode!r}")
         if mode == "eval" and vectorizer is None:
@@ -625,6 +631,7 @@ class MotionTextDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32)
         self._mean_t = torch.from_numpy(self.mean)
         self._std_t = torch.from_numpy(self.std)
+        self.seed, self.epoch = int(seed), 0
         if mode == "window":
             if cfg.window_size < 1:
                 raise DatasetError(f"{_MOD}: data.window_size must be >= 1, got {cfg.window_size}")
@@ -671,6 +678,16 @@ class MotionTextDataset(Dataset):
         k = int(np.searchsorted(self.window_offsets, i, side="right")) - 1
         return int(self.motion_indices[k]), i - int(self.window_offsets[k])
 
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        """Select the random draws of the items: item i uses a generator seeded with (seed, epoch, i)."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.epoch = int(epoch)
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """The generator of item `index` in the current (seed, epoch): its caption choice and crop."""
+        return np.random.default_rng([abs(self.seed), abs(self.epoch), int(index)])
+
     def normalize(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
 
@@ -688,12 +705,13 @@ class MotionTextDataset(Dataset):
             return {"motion": torch.from_numpy(crop.astype(np.float32)), "length": w, "id": self.corpus.ids[i]}
 
         entry = self.entries[index]
-        cap = entry.captions[int(torch.randint(0, len(entry.captions), ()).item())]
+        rng = self.item_rng(index)
+        cap = entry.captions[int(rng.integers(len(entry.captions)))]
         motion = self.corpus.entry_motion(entry)
         u = self.spec.unit_length
-        double = u < 10 and bool(torch.rand(()).item() < 1.0 / 3.0)
+        double = u < 10 and bool(rng.random() < 1.0 / 3.0)
         m = crop_length(len(motion), u, self.spec.pad_length, double)
-        start = int(torch.randint(0, len(motion) - m + 1, ()).item())
+        start = int(rng.integers(len(motion) - m + 1))
         out = np.zeros((self.spec.pad_length, self.spec.dim), dtype=np.float32)
         out[:m] = self.normalize(motion[start:start + m])
         item = {"motion": torch.from_numpy(out), "length": m, "caption": cap.caption, "tokens": list(cap.tokens),
@@ -708,16 +726,27 @@ class MotionTextDataset(Dataset):
         return item
 
 
-def build_dataset(cfg: DataConfig, split: str, mode: str, *, corpus: MotionCorpus | None = None,
-                  vectorizer: Any = None, cache: bool = True) -> MotionTextDataset:
+def build_dataset(cfg: DataConfig, split: str, mode: str, stats: tuple[Any, Any] | None = None, *,
+                  corpus: MotionCorpus | None = None, vectorizer: Any = None, cache: bool = True,
+                  seed: int = 0) -> MotionTextDataset:
     """The dataset of one split in one mode ("text" | "window" | "eval").
 
-    Normalises with `load_stats(cfg)` (so `feat_bias=1` gives the raw Std, as the retriever uses). A corpus already
-    loaded for the same cfg/split and a word vectorizer can be passed in to share them between datasets.
+    Normalises with `stats` = (mean (D,), std (D,)), the statistics the consumer was trained with (a tokenizer's),
+    or by default with `load_stats(cfg)` (so `feat_bias=1` gives the raw Std, as the retriever uses). A corpus
+    already loaded for the same cfg/split and a word vectorizer can be passed in to share them between datasets.
+    `seed` is the sampling seed of the items' caption/crop draws (`MotionTextDataset.set_epoch`).
     """
     if mode not in MODES:
         raise DatasetError(f"{_MOD}: argument 'mode' must be one of {MODES}, got {mode!r}")
-    mean, std = load_stats(cfg)
+    if stats is None:
+        mean, std = load_stats(cfg)
+    else:
+        mean, std = (np.asarray(torch.as_tensor(x).cpu(), dtype=np.float32) if torch.is_tensor(x)
+                     else np.asarray(x, dtype=np.float32) for x in stats)
+        d = get_spec(cfg).dim
+        if mean.shape != (d,) or std.shape != (d,) or not (std > 0).all():
+            raise DatasetError(f"{_MOD}: argument 'stats' must be (mean, std) of shape ({d},) with std > 0 for "
+                               f"dataset {cfg.dataset!r}, got {mean.shape} and {std.shape}")
     if corpus is None:
         corpus = MotionCorpus.load(cfg, split, cache=cache)
     if mode == "eval" and vectorizer is None:
@@ -728,7 +757,7 @@ def build_dataset(cfg: DataConfig, split: str, mode: str, *, corpus: MotionCorpu
                 f"{_MOD}: mode 'eval' needs the evaluator's GloVe folder {glove} (our_vab_data.npy, "
                 f"our_vab_words.pkl, our_vab_idx.pkl); set data.glove_dir=<folder> or {MINI_FIX}")
         vectorizer = WordVectorizer(str(glove), "our_vab")
-    return MotionTextDataset(corpus, mean, std, cfg, mode, vectorizer=vectorizer)
+    return MotionTextDataset(corpus, mean, std, cfg, mode, vectorizer=vectorizer, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------------------

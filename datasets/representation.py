@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from datasets.registry import DATASETS, dataset_facts
 from datasets.skeleton import (
     Skeleton,
     qbetween_np,
@@ -40,20 +41,42 @@ from datasets.skeleton import (
 __all__ = [
     "feature_dim", "num_joints", "target_offsets", "default_target_offsets", "joints_to_features",
     "extract_features", "FeatureExtraction", "features_to_joints", "features_to_joint_format",
-    "joint_format_to_features", "mirror_joints", "JOINT_FORMAT_CHANNELS",
+    "joint_format_to_features", "mirror_joints", "JOINT_FORMAT_CHANNELS", "joint_feature_indices",
+    "joint_format_gather_index",
 ]
 
 JOINT_FORMAT_CHANNELS = 12   # ARCHITECTURE.md §6.1 / reference §5.3
 
 
 def num_joints(dataset: str) -> int:
-    """22 for "t2m" (HumanML3D), 21 for "kit" (KIT-ML)."""
-    return skeleton_info(dataset).num_joints
+    """22 for "t2m" (HumanML3D), 21 for "kit" (KIT-ML) (`datasets.registry`)."""
+    _known(dataset)
+    return dataset_facts(dataset).joints
 
 
 def feature_dim(dataset: str) -> int:
-    """Feature width D = 12J - 1: 263 for "t2m", 251 for "kit" (reference §2.1)."""
-    return 12 * num_joints(dataset) - 1
+    """Feature width D = 12J - 1: 263 for "t2m", 251 for "kit" (`datasets.registry`)."""
+    _known(dataset)
+    return dataset_facts(dataset).dim
+
+
+def _known(dataset: str) -> None:
+    if dataset not in DATASETS:
+        skeleton_info(dataset)       # the skeleton module's own error for an unknown name
+
+
+def joint_feature_indices(joint: int, dataset: str = "t2m") -> list[int]:
+    """The 12 feature dims of joint `joint` in its joint-format slot order (ARCHITECTURE.md §6.1).
+
+    Joint j >= 1: ric (3), rot6d (6), local velocity (3). The root (j = 0): root data (dims 0:4), foot contacts
+    (D-4:D), -1 for the zero pad channel, root local velocity (3). The one joint-layout helper: the joint format,
+    the tokenizer's gather and the retriever's body parts all read it.
+    """
+    J = num_joints(dataset)
+    if not 0 <= joint < J:
+        raise ValueError(f"joint: expected an index in [0, {J}) for dataset {dataset!r}, got {joint}")
+    flat, _ = _joint_format_index(dataset)
+    return flat[joint * JOINT_FORMAT_CHANNELS:(joint + 1) * JOINT_FORMAT_CHANNELS].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,6 +373,13 @@ def _joint_format_index(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     inverse[flat[flat >= 0]] = np.nonzero(flat >= 0)[0]
     assert (inverse >= 0).all() and len(np.unique(flat[flat >= 0])) == D
     return flat, inverse
+
+
+def joint_format_gather_index(dataset: str = "t2m") -> np.ndarray:
+    """(J·12,) int64: for each joint-format slot the feature dim it reads, the pad slot pointing at index D
+    (gather from the features with one zero column appended: a single differentiable index_select)."""
+    flat, _ = _joint_format_index(dataset)
+    return np.where(flat < 0, feature_dim(dataset), flat)
 
 
 def features_to_joint_format(x, dataset: str = "t2m"):

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from datasets.representation import feature_dim
+from datasets.registry import DATASETS, dataset_facts
 from utils.atomic import atomic_write_text
 
 # Feature widths per dataset (reference §3.1 dim_pose).
-DIM_POSE = {ds: feature_dim(ds) for ds in ("t2m", "kit")}      # 263 / 251 (datasets.representation)
-DATASET_NAMES = {"t2m": "HumanML3D", "kit": "KIT-ML"}
+DIM_POSE = {ds: dataset_facts(ds).dim for ds in DATASETS}      # 263 / 251 (datasets.registry)
+DATASET_NAMES = {ds: dataset_facts(ds).title for ds in DATASETS}
 META_SUBDIRS = ("Comp_v6_KLD005/meta", "text_mot_match/meta", "meta")   # searched under checkpoints/<ds>/
 CHECKPOINT_KEYS = ("text_encoder", "motion_encoder", "movement_encoder")
 

@@ -5,8 +5,8 @@
     PartMotionEncoder(cfg)             motion (B, T, D), lengths (B,) -> (B, 512), L2-normalised
     bmm_loss(q, k, queue, ...)         one direction of Eqs. 4 / 6
     BMMRetriever(cfg)                  online + momentum encoders of both modalities, two FIFO queues
-    RetrievalDatabase                  (text, motion) features of the training split; top-k by cosine similarity
-    RetrievalResult                    r_t (B, k, 512), r_m (B, k, 512), indices (B, k), scores (B, k)
+    build_text_tower(cfg)              the text tower alone (shared with the inference-only query encoder)
+The retrieval database, its query encoder and `RetrievalResult` live in `models/retrieval_database.py`.
 
 Part split (reference §6.3, Part_TMR adapted from ParCo). Joint j >= 1 contributes its 12-vector
 [ric(3), rot6d(6), local velocity(3)], taken from the dims `4+3(j-1):+3`, `4+3(J-1)+6(j-1):+6` and `4+9(J-1)+3j:+3`.
@@ -39,32 +39,24 @@ negatives of text→motion). Choices, each a config flag:
 - Text backbone. When it is frozen (`text_freeze_backbone`, the MiniLM mini configs), its EMA copy would equal
   itself. So the online and momentum text encoders share the backbone (and its caption cache), and only the
   projection head has a momentum copy. A trained backbone (DistilBERT, paper) gets its own momentum copy.
-
-Retrieval database (paper §2.0 stage 1; reference §6.3). One row per caption per training entry, as the
-official build does. Each row holds the entry's motion feature (the full entry, up to `max_frames`), its caption's
-text feature, the motion id, the entry length and the caption. Features are L2-normalised once, at build and load.
-`query` is one matrix product and one top-k over the candidate pool, deduplicated by motion id. Candidates whose
-motion id is in `exclude_ids` are skipped. The official code does not exclude anything. Our training callers pass
-the batch's own motion ids by default (configurable there); we also exclude the mirrored id (`M<id>` ↔ `<id>`),
-since that is the same motion mirrored (`exclude_mirrors`).
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.representation import feature_dim, num_joints
-from models.text_encoders import TextTower, build_text_encoder, check_texts, momentum_copy
-from utils.atomic import atomic_open
+from datasets.registry import DATASETS, PART_NAMES, dataset_facts
+from datasets.representation import feature_dim, joint_feature_indices
+from models.text_encoders import (TOWER_MAX_TOKENS, TextEncoderConfig, TextTower, build_text_encoder_from_config,
+                                  momentum_copy)
+from utils.tensors import lengths_to_mask
+from utils.checkpoint import tensor_fingerprint
 
 _MOD = "models/retriever.py"
 DATABASE_FORMAT_VERSION = 1
@@ -106,6 +98,13 @@ class RetrieverConfig:
     in_batch_negatives: bool = True  # official code: [in-batch keys ; queue]; False = paper Eq. 5 (queue only)
     loss_reduction: str = "mean"     # "mean": official ((m2t+t2m)/2 of batch means); "sum": paper Eqs. 4, 6, 7
 
+    def text_encoder_config(self) -> TextEncoderConfig:
+        """The shared description of this retriever's text tower (recorded in its checkpoints)."""
+        return TextEncoderConfig(name=self.text_encoder, path=self.text_path, max_length=TOWER_MAX_TOKENS,
+                                 pooling=self.text_pooling, out_dim=self.latent_dim, download=self.text_download,
+                                 tiny=self.text_tiny, random_init=self.text_random_init,
+                                 freeze_backbone=self.text_freeze_backbone)
+
     def validate(self) -> None:
         if self.dataset not in PART_JOINTS:
             raise RetrieverError(f"{_MOD}: model.dataset must be one of {sorted(PART_JOINTS)}, got {self.dataset!r}")
@@ -132,35 +131,22 @@ class RetrieverConfig:
 # Part split (reference §6.3)
 # ------------------------------------------------------------------------------------------------------------------
 
-PART_NAMES = ("root", "r_leg", "l_leg", "backbone", "r_arm", "l_arm")
-PART_JOINTS: dict[str, dict[str, tuple[int, ...]]] = {
-    "t2m": {"r_leg": (2, 5, 8, 11), "l_leg": (1, 4, 7, 10), "backbone": (3, 6, 9, 12, 15),
-            "r_arm": (9, 14, 17, 19, 21), "l_arm": (9, 13, 16, 18, 20)},
-    "kit": {"r_leg": (11, 12, 13, 14, 15), "l_leg": (16, 17, 18, 19, 20), "backbone": (1, 2, 3, 4),
-            "r_arm": (3, 5, 6, 7), "l_arm": (3, 8, 9, 10)},
-}
-
-
-def joint_feature_indices(j: int, num_joints: int) -> list[int]:
-    """The 12 dims of joint j >= 1 in the D-vector: ric (3), rot6d (6), local velocity (3). reference §5.3."""
-    jm = num_joints - 1
-    ric = list(range(4 + 3 * (j - 1), 4 + 3 * j))
-    rot = list(range(4 + 3 * jm + 6 * (j - 1), 4 + 3 * jm + 6 * j))
-    vel = list(range(4 + 9 * jm + 3 * j, 4 + 9 * jm + 3 * (j + 1)))
-    return ric + rot + vel
+PART_JOINTS: dict[str, dict[str, tuple[int, ...]]] = {ds: dataset_facts(ds).body_parts for ds in DATASETS}
 
 
 def part_feature_indices(dataset: str = "t2m") -> dict[str, list[int]]:
-    """Index sets of the six parts into the D-vector, in PART_NAMES order (reference §6.3)."""
+    """Index sets of the six parts into the D-vector, in PART_NAMES order (reference §6.3).
+
+    Joint j >= 1 of a part contributes its 12 dims (`datasets.representation.joint_feature_indices`); the root part
+    is the root data and the root's local velocity; the legs also get their foot contacts."""
     if dataset not in PART_JOINTS:
         raise RetrieverError(f"{_MOD}: argument 'dataset' must be one of {sorted(PART_JOINTS)}, got {dataset!r}")
-    J = num_joints(dataset)
     D = feature_dim(dataset)
-    root_vel = list(range(4 + 9 * (J - 1), 4 + 9 * (J - 1) + 3))
-    out = {"root": [0, 1, 2, 3] + root_vel}
+    root = joint_feature_indices(0, dataset)
+    out = {"root": root[0:4] + root[9:12]}
     contacts = {"r_leg": [D - 2, D - 1], "l_leg": [D - 4, D - 3]}    # [fid_l(2), fid_r(2)] = dims D-4:D
     for part, joints in PART_JOINTS[dataset].items():
-        idx = [i for j in joints for i in joint_feature_indices(j, J)]
+        idx = [i for j in joints for i in joint_feature_indices(j, dataset)]
         out[part] = idx + contacts.get(part, [])
     return {name: out[name] for name in PART_NAMES}
 
@@ -255,7 +241,7 @@ class PartMotionEncoder(nn.Module):
                                  f"{lengths.tolist()}")
         T = min(motion.shape[1], self.cfg.max_frames)       # Part_TMR crops to max_motion_length
         motion, lengths = motion[:, :T], lengths.clamp(max=T)
-        pad = torch.arange(T, device=motion.device)[None, :] >= lengths[:, None]          # (B, T)
+        pad = ~lengths_to_mask(lengths, T, motion.device)                                    # (B, T)
         feats = [self.parts[n](motion.index_select(-1, getattr(self, f"idx_{n}")), pad) for n in self.part_names]
         return F.normalize(self.head(torch.cat(feats, dim=-1)), dim=-1)
 
@@ -314,13 +300,7 @@ class BMMRetriever(nn.Module):
         self.cfg = cfg
         # online encoders
         self.motion_encoder = PartMotionEncoder(cfg)
-        tower = build_text_encoder(cfg.text_encoder, cfg.text_path or None, tiny=cfg.text_tiny,
-                                   random_init=cfg.text_random_init, download=cfg.text_download,
-                                   out_dim=cfg.latent_dim, freeze_backbone=cfg.text_freeze_backbone,
-                                   pooling=cfg.text_pooling, head_dropout=cfg.head_dropout)
-        if not isinstance(tower, TextTower):
-            raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
-                                 f"got {cfg.text_encoder!r}")
+        tower = build_text_tower(cfg)
         self.text_tower = tower
         # momentum encoders (Alg. 1 line 1: copies of the online ones)
         self.momentum_motion_encoder = momentum_copy(self.motion_encoder)
@@ -505,245 +485,25 @@ class BMMRetriever(nn.Module):
         return load_model(path, cls, RetrieverConfig, stage="retriever", device=device)[0]
 
 
+def is_inference_key(key: str) -> bool:
+    """True for the state-dict keys a trained retriever needs at inference (not the momentum copies or queues)."""
+    return not (key.startswith("momentum_") or key in ("text_queue", "motion_queue", "queue_ptr", "queue_count"))
+
+
 def state_fingerprint(state: dict[str, Tensor]) -> str:
     """Hash of the inference weights (momentum copies and queues excluded) of a retriever state dict."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        if key.startswith("momentum_") or key in ("text_queue", "motion_queue", "queue_ptr", "queue_count"):
-            continue
-        t = state[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensor_fingerprint({k: v for k, v in state.items() if is_inference_key(k)})
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Retrieval database
-# ------------------------------------------------------------------------------------------------------------------
+def build_text_tower(cfg: RetrieverConfig) -> TextTower:
+    """The retriever's text tower (backbone, pooling, projection head) as `cfg` describes it, untrained weights.
 
-class RetrievalResult(NamedTuple):
-    """Top-k retrieval for B queries. r_t, r_m (B, k, D) L2-normalised; indices (B, k) database rows;
-    scores (B, k) cosine similarities of the query text to the retrieved motion features."""
-    r_t: Tensor
-    r_m: Tensor
-    indices: Tensor
-    scores: Tensor
-
-
-def _canonical_id(mid: str) -> str:
-    """The id of the unmirrored motion (HumanML3D / KIT mirrored files are 'M' + id)."""
-    return mid[1:] if mid.startswith("M") and len(mid) > 1 else mid
-
-
-@dataclass
-class DatabaseMeta:
-    dataset: str                       # "t2m" | "kit"
-    feature_dim: int                   # D of the motions the database was encoded from
-    latent_dim: int
-    split: str
-    data_root: str
-    retriever_checkpoint: str          # path of the retriever checkpoint (as given at build time)
-    retriever_fingerprint: str         # state_fingerprint of its weights
-    extra: dict = field(default_factory=dict)
-
-
-class RetrievalDatabase:
-    """Encoded (text, motion) pairs of the training split; `query` ranks motions by cosine similarity.
-
-    Rows: text_feats (N, D), motion_feats (N, D) (L2-normalised), motion_ids (N) file ids, keys (N) entry keys,
-    lengths (N,) frames, captions (N). `meta` names the dataset and the retriever it was built with.
-    """
-
-    def __init__(self, text_feats: Tensor, motion_feats: Tensor, motion_ids: Sequence[str], captions: Sequence[str],
-                 lengths: Sequence[int], meta: DatabaseMeta, keys: Sequence[str] | None = None):
-        n = len(motion_ids)
-        if text_feats.shape[0] != n or motion_feats.shape[0] != n or len(captions) != n or len(lengths) != n:
-            raise RetrieverError(f"{_MOD}: RetrievalDatabase columns must all have N={n} rows, got text "
-                                 f"{tuple(text_feats.shape)}, motion {tuple(motion_feats.shape)}, {len(captions)} "
-                                 f"captions, {len(lengths)} lengths")
-        if n == 0:
-            raise RetrieverError(f"{_MOD}: RetrievalDatabase is empty (no rows); build it from a non-empty split")
-        self.text_feats = F.normalize(text_feats.detach().float(), dim=-1)     # normalised once here
-        self.motion_feats = F.normalize(motion_feats.detach().float(), dim=-1)
-        self.motion_ids = list(motion_ids)
-        self.keys = list(keys) if keys is not None else list(motion_ids)
-        self.captions = list(captions)
-        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
-        self.meta = meta
-        # motion id -> integer code (dedup); id / canonical id -> its rows (exclusion, incl. mirrors)
-        self._id_code = {m: i for i, m in enumerate(dict.fromkeys(self.motion_ids))}
-        self.row_code = torch.tensor([self._id_code[m] for m in self.motion_ids], dtype=torch.long)
-        canon = [_canonical_id(m) for m in self.motion_ids]
-        self._rows_id: dict[str, list[int]] = {}
-        self._rows_canon: dict[str, list[int]] = {}
-        for i, (m, c) in enumerate(zip(self.motion_ids, canon)):
-            self._rows_id.setdefault(m, []).append(i)
-            self._rows_canon.setdefault(c, []).append(i)
-        self.num_motions = len(self._id_code)
-        self.max_rows_per_motion = int(torch.bincount(self.row_code).max())
-
-    def __len__(self) -> int:
-        return len(self.motion_ids)
-
-    def to(self, device: str | torch.device) -> "RetrievalDatabase":
-        self.text_feats, self.motion_feats = self.text_feats.to(device), self.motion_feats.to(device)
-        self.row_code = self.row_code.to(device)
-        return self
-
-    # ---- compatibility ------------------------------------------------------------------------------------------
-    def check_compatible(self, dataset: str | None = None, fingerprint: str | None = None,
-                         checkpoint: str | None = None, path: str = "<database>") -> None:
-        """Refuse a database of another dataset or another retriever (naming both)."""
-        m = self.meta
-        if dataset is not None and dataset != m.dataset:
-            raise RetrieverError(f"{_MOD}: {path}: this retrieval database was built from dataset {m.dataset!r} "
-                                 f"({m.data_root}), but dataset {dataset!r} is in use; rebuild it with "
-                                 f"`python train_retriever.py --build-db ...` for {dataset!r}")
-        if fingerprint is not None and fingerprint != m.retriever_fingerprint:
-            raise RetrieverError(f"{_MOD}: {path}: this retrieval database was built with retriever "
-                                 f"{m.retriever_checkpoint} (weights {m.retriever_fingerprint}), but retriever "
-                                 f"{checkpoint or '<in memory>'} (weights {fingerprint}) is in use; rebuild the "
-                                 f"database with `python train_retriever.py --build-db <that checkpoint>`")
-
-    # ---- query --------------------------------------------------------------------------------------------------
-    def query(self, text_emb: Tensor, k: int = 1, exclude_ids: Sequence[str] | None = None,
-              exclude_mirrors: bool = True) -> RetrievalResult:
-        """Top-k distinct motions for each query text embedding.
-
-        Args:
-            text_emb:    (B, D) query text embeddings from the retriever's text tower (normalised here).
-            k:           number of distinct motions per query.
-            exclude_ids: None, or B motion ids (one per query; str or None) whose rows must not be returned: the
-                         query's own motion during training. With `exclude_mirrors`, the mirrored id is excluded too.
-        Returns:
-            RetrievalResult(r_t (B, k, D), r_m (B, k, D), indices (B, k), scores (B, k)), scores descending.
-        """
-        if text_emb.ndim != 2 or text_emb.shape[-1] != self.motion_feats.shape[-1]:
-            raise RetrieverError(f"{_MOD}: query expects text_emb (B, {self.motion_feats.shape[-1]}), got "
-                                 f"{tuple(text_emb.shape)}")
-        B = text_emb.shape[0]
-        if B == 0:
-            raise RetrieverError(f"{_MOD}: query got no text (B = 0); give at least one non-empty prompt")
-        if exclude_ids is not None and len(exclude_ids) != B:
-            raise RetrieverError(f"{_MOD}: exclude_ids must hold one id per query (B={B}), got {len(exclude_ids)}")
-        available = self.num_motions - (1 if exclude_ids is not None else 0)
-        if not 1 <= k <= available:
-            raise RetrieverError(f"{_MOD}: k={k} must be in [1, {available}]: the database holds {self.num_motions} "
-                                 f"distinct motions" + (" (one is excluded per query)" if exclude_ids else ""))
-        device = self.motion_feats.device
-        q = F.normalize(text_emb.detach().to(device=device, dtype=self.motion_feats.dtype), dim=-1)
-        scores = q @ self.motion_feats.t()                                               # (B, N)
-        if exclude_ids is not None:
-            rows = self._rows_canon if exclude_mirrors else self._rows_id
-            q_idx, r_idx = [], []
-            for b, e in enumerate(exclude_ids):
-                key = None if e is None else (_canonical_id(e) if exclude_mirrors else e)
-                for r in rows.get(key, ()):
-                    q_idx.append(b)
-                    r_idx.append(r)
-            if r_idx:   # only the excluded rows are touched: O(excluded), not O(B·N)
-                scores = scores.index_put((torch.tensor(q_idx, device=device), torch.tensor(r_idx, device=device)),
-                                          torch.tensor(float("-inf"), device=device, dtype=scores.dtype))
-        # enough candidates to hold k distinct motions even if every better row repeats a motion
-        pool = min(len(self), (k - 1) * self.max_rows_per_motion + 1)
-        cand_scores, cand_idx = scores.topk(pool, dim=1)                                  # (B, pool), descending
-        if pool == k and self.max_rows_per_motion == 1:
-            idx, top = cand_idx, cand_scores
-            if not torch.isfinite(top).all():
-                raise RetrieverError(f"{_MOD}: fewer than k={k} distinct non-excluded motions in the database")
-        else:
-            idx, top = self._dedup(cand_idx, cand_scores, k)
-        return RetrievalResult(self.text_feats[idx], self.motion_feats[idx], idx, top)
-
-    def _dedup(self, cand_idx: Tensor, cand_scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Keep the first (best) candidate of each motion id, the k best of those. (B, pool) -> (B, k)."""
-        codes = self.row_code[cand_idx]                                                   # (B, pool)
-        pool = codes.shape[1]
-        same = codes[:, :, None] == codes[:, None, :]                                    # (B, pool, pool)
-        earlier = torch.ones(pool, pool, dtype=torch.bool, device=codes.device).tril(-1)
-        first = ~(same & earlier).any(-1) & torch.isfinite(cand_scores)                  # first occurrence
-        if (first.sum(1) < k).any():
-            raise RetrieverError(f"{_MOD}: fewer than k={k} distinct non-excluded motions in the database")
-        order = torch.argsort((~first).to(torch.int8), dim=1, stable=True)[:, :k]        # firsts, in score order
-        return cand_idx.gather(1, order), cand_scores.gather(1, order)
-
-    def retrieve(self, retriever: BMMRetriever, prompts: Sequence[str], k: int = 1,
-                 exclude_ids: Sequence[str] | None = None) -> RetrievalResult:
-        """Encode prompts with the retriever's text tower and query. Refuses empty prompts."""
-        prompts = check_texts(prompts, f"{_MOD}: RetrievalDatabase.retrieve prompts")
-        with torch.no_grad():
-            emb = retriever.encode_text(prompts)
-        return self.query(emb, k=k, exclude_ids=exclude_ids)
-
-    # ---- build / save / load ------------------------------------------------------------------------------------
-    @classmethod
-    @torch.no_grad()
-    def build(cls, retriever: BMMRetriever, dataset, batch_size: int = 64, checkpoint: str = "",
-              progress: bool = False) -> "RetrievalDatabase":
-        """Encode every text entry of `dataset` (a MotionTextDataset, normalised with the retriever's stats): one
-        row per caption of each entry; the motion feature is that of the entry's full motion (cropped to
-        max_frames)."""
-        corpus = dataset.corpus
-        entries = list(corpus.entries)
-        if not entries:
-            raise RetrieverError(f"{_MOD}: dataset {corpus.root}/{corpus.split}.txt has no text entries to encode")
-        if retriever.cfg.dataset != corpus.spec.name:
-            raise RetrieverError(f"{_MOD}: the retriever was trained on dataset {retriever.cfg.dataset!r} but the "
-                                 f"database split {corpus.root}/{corpus.split} is {corpus.spec.name!r}")
-        was_training = retriever.training
-        retriever.eval()
-        feats = retriever.encode_entries(dataset, entries, batch_size, progress)
-        motion_rows, motion_ids, keys, lengths, captions, text_rows = [], [], [], [], [], []
-        for e, feat in zip(entries, feats):
-            for c in e.captions:
-                motion_rows.append(feat)
-                motion_ids.append(corpus.ids[e.motion])
-                keys.append(e.key)
-                lengths.append(e.length)
-                captions.append(c.caption)
-        for s in range(0, len(captions), batch_size):
-            text_rows.append(retriever.encode_text(captions[s:s + batch_size]).cpu())
-        retriever.train(was_training)
-        meta = DatabaseMeta(dataset=corpus.spec.name, feature_dim=corpus.spec.dim,
-                            latent_dim=retriever.cfg.latent_dim, split=corpus.split, data_root=str(corpus.root),
-                            retriever_checkpoint=str(checkpoint), retriever_fingerprint=retriever.weights_fingerprint())
-        return cls(torch.cat(text_rows), torch.stack(motion_rows), motion_ids, captions, lengths, meta, keys)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """One file, written atomically (temp file + os.replace); loadable with torch.load(weights_only=True)."""
-        obj = {"format_version": DATABASE_FORMAT_VERSION, "kind": "retrieval_database", "meta": asdict(self.meta),
-               "text_feats": self.text_feats.cpu(), "motion_feats": self.motion_feats.cpu(),
-               "motion_ids": self.motion_ids, "keys": self.keys, "captions": self.captions,
-               "lengths": self.lengths.cpu()}
-        with atomic_open(path, "wb") as f:
-            torch.save(obj, f)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dataset: str | None = None, fingerprint: str | None = None,
-             checkpoint: str | None = None, map_location="cpu") -> "RetrievalDatabase":
-        """Load a saved database; with `dataset` / `fingerprint` given, refuse one built for something else."""
-        path = Path(path)
-        if not path.is_file():
-            raise RetrieverError(f"{_MOD}: retrieval database '{path}' does not exist; build it with "
-                                 f"`python train_retriever.py --build-db <retriever checkpoint>`")
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:
-            raise RetrieverError(f"{_MOD}: {path}: not a readable retrieval database ({err})") from None
-        if not isinstance(obj, dict) or obj.get("kind") != "retrieval_database":
-            raise RetrieverError(f"{_MOD}: {path}: not a retrieval database (expected kind 'retrieval_database', "
-                                 f"got {obj.get('kind') if isinstance(obj, dict) else type(obj).__name__})")
-        if obj.get("format_version") != DATABASE_FORMAT_VERSION:
-            raise RetrieverError(f"{_MOD}: {path}: database format version {obj.get('format_version')}, expected "
-                                 f"{DATABASE_FORMAT_VERSION}; rebuild it with train_retriever.py --build-db")
-        db = cls(obj["text_feats"], obj["motion_feats"], obj["motion_ids"], obj["captions"], obj["lengths"].tolist(),
-                 DatabaseMeta(**obj["meta"]), obj["keys"])
-        db.check_compatible(dataset, fingerprint, checkpoint, str(path))
-        return db
-
-
-def default_database_path(checkpoint: str | os.PathLike) -> Path:
-    """Where the database of a retriever checkpoint lives: `<ckpt dir>/<ckpt stem>_database.pt`."""
-    p = Path(checkpoint)
-    return p.with_name(f"{p.stem}_database.pt")
+    Shared by BMMRetriever and the inference-only `models.retrieval_database.RetrievalQueryEncoder`."""
+    if cfg.text_encoder not in ("distilbert", "minilm"):
+        raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
+                             f"got {cfg.text_encoder!r}")
+    tower = build_text_encoder_from_config(cfg.text_encoder_config(), head_dropout=cfg.head_dropout)
+    if not isinstance(tower, TextTower):
+        raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
+                             f"got {cfg.text_encoder!r}")
+    return tower

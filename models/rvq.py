@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datasets.representation import feature_dim, num_joints
+from datasets.registry import DATASETS, dataset_facts
+from datasets.representation import joint_format_gather_index
 from models.quantizer import ResidualVQ
 
-# Dataset geometry (reference.md §1.3, §2.1): feature width D and joint count J, as datasets.representation says.
-DATASET_DIMS = {ds: (feature_dim(ds), num_joints(ds)) for ds in ("t2m", "kit")}
 JOINT_CHANNELS = 12      # reference.md §5.3: ric 3 + rot6d 6 + local velocity 3
 PADDED_JOINTS = 24       # reference.md §5.3: 22 → 24 ([pad, 0..21, pad]); KIT 21 → 24 ([pad, 0..20, pad, pad])
 
@@ -59,10 +58,11 @@ class RVQConfig:
 
 
 def dataset_dims(dataset: str) -> tuple[int, int]:
-    """(D, J) of a dataset name; ValueError naming the argument otherwise."""
-    if dataset not in DATASET_DIMS:
-        raise ValueError(f"models/rvq.py: argument 'dataset' must be one of {sorted(DATASET_DIMS)}, got {dataset!r}")
-    return DATASET_DIMS[dataset]
+    """(D, J) of a dataset name (`datasets.registry`); ValueError naming the argument otherwise."""
+    if dataset not in DATASETS:
+        raise ValueError(f"models/rvq.py: argument 'dataset' must be one of {sorted(DATASETS)}, got {dataset!r}")
+    facts = dataset_facts(dataset)
+    return facts.dim, facts.joints
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,18 +73,10 @@ def joint_format_index(dataset: str) -> Tensor:
 
     Joint j ≥ 1: ch 0:3 ric, ch 3:9 rot6d, ch 9:12 local velocity. Root slot: ch 0:4 root data (dims 0:4),
     ch 4:8 foot contacts (dims D−4:D), ch 8 zero pad (index D, the appended zero), ch 9:12 root local velocity.
-    Same layout as `datasets.representation.features_to_joint_format` (tested to agree).
+    The layout of `datasets.representation.joint_format_gather_index` (the one joint-layout helper).
     """
-    d, j = dataset_dims(dataset)
-    ric0, rot0, vel0 = 4, 4 + 3 * (j - 1), 4 + 9 * (j - 1)
-    index = []
-    root = list(range(0, 4)) + list(range(d - 4, d)) + [d] + list(range(vel0, vel0 + 3))
-    index.extend(root)
-    for joint in range(1, j):
-        index.extend(range(ric0 + 3 * (joint - 1), ric0 + 3 * joint))
-        index.extend(range(rot0 + 6 * (joint - 1), rot0 + 6 * joint))
-        index.extend(range(vel0 + 3 * joint, vel0 + 3 * joint + 3))
-    return torch.tensor(index, dtype=torch.long)
+    dataset_dims(dataset)
+    return torch.from_numpy(joint_format_gather_index(dataset)).long()
 
 
 def features_index(dataset: str) -> Tensor:

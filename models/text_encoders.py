@@ -455,3 +455,72 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     twin = copy.deepcopy(module)
     twin.requires_grad_(False)
     return twin
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# One config for every text encoder
+# ------------------------------------------------------------------------------------------------------------------
+
+CLIP_CONTEXT = 77            # CLIP ViT-B/32 context length (its positional table)
+IDENTITY_KEYS = ("name", "path", "max_length", "pooling", "out_dim", "tiny", "random_init")
+
+
+@dataclass
+class TextEncoderConfig:
+    """The one description of a text encoder: the retriever's text tower and the generator's text condition.
+
+    Every checkpoint that consumes text records it (`extra["text_encoder"]`), and two stages that must share a
+    text feature (the mask and residual transformers of one pipeline) are refused at load when theirs differ
+    (`utils.checkpoint.check_same_text_encoder`).
+    """
+    name: str = "clip"            # "clip" (paper §2.0: generator condition) | "distilbert" (paper §2.1: retriever)
+                                  # | "minilm" (offline all-MiniLM-L6-v2, ARCHITECTURE.md §3)
+    path: str = ""                # CLIP: ViT-B-32.pt; towers: a local HF folder ("" = the package folder for minilm)
+    max_length: int = 0           # tokens; 0 = the encoder's own (CLIP 77, towers 128)
+    pooling: str = "default"      # "default" (CLIP: end-of-text token; towers: mean) | "mean" | "cls" (towers)
+    out_dim: int = 0              # output width: 0 = the encoder's own (CLIP 512, MiniLM 384, DistilBERT 768); a
+                                  # tower with out_dim > 0 gets a trained projection head to that width
+    download: bool = False        # allow an online download (clip.load / the HF hub)
+    tiny: bool = False            # small random encoder of the same class (tests)
+    random_init: bool = False     # the real size with random weights (benchmarks, offline)
+    freeze_backbone: bool = True  # generator conditions are frozen; the paper's retriever fine-tunes DistilBERT
+
+    def check_values(self, prefix: str = "text.") -> None:
+        """Known name and pooling, sizes >= 0; a one-line ConfigError naming the key (run on loading)."""
+        from utils.config import bad_value, check_choice
+
+        check_choice(prefix + "name", self.name, TEXT_ENCODERS)
+        check_choice(prefix + "pooling", self.pooling, ("default", "mean", "cls"))
+        if self.max_length < 0:
+            raise bad_value(prefix + "max_length", self.max_length, "an integer >= 0 (0 = the encoder's own)")
+        if self.out_dim < 0:
+            raise bad_value(prefix + "out_dim", self.out_dim, "an integer >= 0 (0 = the encoder's own width)")
+        if self.name == "clip":
+            if self.max_length not in (0, CLIP_CONTEXT):
+                raise bad_value(prefix + "max_length", self.max_length, f"0 or {CLIP_CONTEXT} for CLIP")
+            if self.pooling in ("mean", "cls"):
+                raise bad_value(prefix + "pooling", self.pooling, "'default' for CLIP (the end-of-text token)")
+            if self.out_dim not in (0, 512):
+                raise bad_value(prefix + "out_dim", self.out_dim, "0 or 512 for CLIP ViT-B/32 (no projection head)")
+
+    def identity(self) -> dict:
+        """The fields that decide the feature (two consumers must agree on these), defaults resolved."""
+        d = {k: getattr(self, k) for k in IDENTITY_KEYS}
+        if d["max_length"] == 0:
+            d["max_length"] = CLIP_CONTEXT if self.name == "clip" else TOWER_MAX_TOKENS
+        if d["pooling"] == "default":
+            d["pooling"] = "eot" if self.name == "clip" else "mean"
+        return d
+
+
+def build_text_encoder_from_config(cfg: TextEncoderConfig, head_dropout: float = 0.0,
+                                   cache: bool = True) -> nn.Module:
+    """The encoder `cfg` describes; its `.out_dim` is the feature width (B, out_dim)."""
+    ident = cfg.identity()
+    pooling = "mean" if ident["pooling"] == "eot" else ident["pooling"]
+    encoder = build_text_encoder(cfg.name, cfg.path or None, tiny=cfg.tiny, random_init=cfg.random_init,
+                                 download=cfg.download, out_dim=cfg.out_dim, freeze_backbone=cfg.freeze_backbone,
+                                 pooling=pooling, head_dropout=head_dropout, cache=cache)
+    if isinstance(encoder, TextTower):
+        encoder.max_tokens = ident["max_length"]
+    return encoder

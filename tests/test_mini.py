@@ -77,7 +77,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     b = mini.write_mini_dataset(tmp_path / "b", num_motions=5, seed=3).out
     c = mini.write_mini_dataset(tmp_path / "c", num_motions=5, seed=4).out
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 5 * 3 + 5 + 2 + 3
+    assert len(files) == 5 * 3 + 5 + 2 + 3 + 1           # ... + dataset_info.json (the "procedural" flag)
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "new_joint_vecs/000000.npy").read_bytes() != (c / "new_joint_vecs/000000.npy").read_bytes()

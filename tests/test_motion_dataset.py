@@ -168,12 +168,18 @@ def test_crop_length_rule_by_hand():
 def test_item_lengths_are_the_two_crops_with_probabilities_2_3_and_1_3(simple_root):
     ds = build_dataset(cfg_for(simple_root), "train", "text", cache=False)
     idx = [e.key for e in ds.entries].index("000003")  # 199 frames -> 196 or 192
-    torch.manual_seed(0)
-    lengths = [ds[idx]["length"] for _ in range(900)]
+    lengths = []
+    for epoch in range(900):                           # item draws come from (seed, epoch, index)
+        ds.set_epoch(epoch)
+        lengths.append(ds[idx]["length"])
     assert set(lengths) == {196, 192}
     assert abs(lengths.count(192) / 900 - 1 / 3) < 0.06
     idx = [e.key for e in ds.entries].index("000002")  # 103 frames -> 100 or 96
-    assert {ds[idx]["length"] for _ in range(200)} == {100, 96}
+    seen = set()
+    for epoch in range(200):
+        ds.set_epoch(epoch, seed=1)
+        seen.add(ds[idx]["length"])
+    assert seen == {100, 96}
 
 
 def test_text_item_is_a_normalised_contiguous_crop_zero_padded(tmp_path):
@@ -182,9 +188,9 @@ def test_text_item_is_a_normalised_contiguous_crop_zero_padded(tmp_path):
     root = write_dataset(tmp_path / "ds", {"a": motion_array(7, 103)}, mean=mean, std=std)
     cfg = cfg_for(root, feat_bias=1.0)
     ds = build_dataset(cfg, "train", "text", cache=False)
-    torch.manual_seed(1)
     starts = set()
-    for _ in range(60):
+    for epoch in range(60):
+        ds.set_epoch(epoch)
         item = ds[0]
         m = item["length"]
         x = item["motion"]
@@ -205,8 +211,10 @@ def test_caption_choice_is_uniform_over_the_entry_captions(tmp_path):
     texts = {"a": "".join(f"caption {k}#caption/NOUN#0.0#0.0\n" for k in range(3))}
     root = write_dataset(tmp_path / "ds", {"a": motion_array(0, 50)}, texts)
     ds = build_dataset(cfg_for(root), "train", "text", cache=False)
-    torch.manual_seed(2)
-    seen = [ds[0]["caption"] for _ in range(300)]
+    seen = []
+    for epoch in range(300):
+        ds.set_epoch(epoch, seed=2)
+        seen.append(ds[0]["caption"])
     assert {c: seen.count(c) for c in set(seen)}.keys() == {"caption 0", "caption 1", "caption 2"}
     assert min(seen.count(c) for c in set(seen)) > 70
 
@@ -271,16 +279,24 @@ def test_dataloader_batches_text_items(simple_root):
     assert isinstance(batch["tokens"], list) and batch["tokens"][0][0] == "a/DET"
 
 
-def test_dataloader_workers_draw_different_crops(simple_root):
-    """Item randomness uses torch's RNG, which DataLoader seeds per worker (numpy's would repeat across workers)."""
+def test_dataloader_workers_draw_what_the_main_process_draws(simple_root):
+    """Item draws depend on (seed, epoch, index) only: two worker processes give exactly the batches one process
+    gives, whatever the global RNG states (which forked workers would share or reseed)."""
     ds = build_dataset(cfg_for(simple_root), "train", "text", cache=False)
-    idx = [e.key for e in ds.entries].index("000003")
-    torch.manual_seed(4)
-    loader = DataLoader(torch.utils.data.Subset(ds, [idx] * 16), batch_size=4, num_workers=2, collate_fn=collate)
-    draws = [[(int(m), round(float(s))) for m, s in zip(b["length"], ds.denormalize(b["motion"][:, 0, :])[:, 0])]
-             for b in loader]                      # batches 0, 2 from worker 0; batches 1, 3 from worker 1
-    assert all(m in (196, 192) and 0 <= s <= 199 - m for d in draws for m, s in d)
-    assert draws[0] != draws[1] and draws[2] != draws[3]  # same RNG state in both workers would repeat the draws
+    ds.set_epoch(5, seed=4)
+    order = list(range(len(ds))) * 4
+
+    def draws(workers: int) -> list:
+        torch.manual_seed(workers)
+        loader = DataLoader(torch.utils.data.Subset(ds, order), batch_size=4, num_workers=workers,
+                            collate_fn=collate)
+        return [[(int(m), round(float(s))) for m, s in zip(b["length"], ds.denormalize(b["motion"][:, 0, :])[:, 0])]
+                for b in loader]
+
+    single, multi = draws(0), draws(2)
+    assert single == multi
+    lengths = {m for batch in single for m, _ in batch}
+    assert len(lengths) > 1
 
 
 # ---- eval mode ---------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.retriever import (BMMRetriever, DatabaseMeta, RetrievalDatabase, RetrieverConfig, RetrieverError,
-                              default_database_path)
+from models.retrieval_database import DatabaseMeta, RetrievalDatabase, default_database_path
+from models.retriever import BMMRetriever, RetrieverConfig, RetrieverError
 from tests.tiny_stages import tiny_retriever_overrides
 
 

@@ -63,9 +63,9 @@ def test_part_indices_by_hand_kit():
 @pytest.mark.parametrize("dataset,shared,D", [("t2m", 9, 263), ("kit", 3, 251)])
 def test_shared_joint_in_three_parts_and_full_cover(dataset, shared, D):
     parts = part_feature_indices(dataset)
-    from models.retriever import joint_feature_indices
+    from datasets.representation import joint_feature_indices
 
-    ric0 = joint_feature_indices(shared, 22 if dataset == "t2m" else 21)[0]
+    ric0 = joint_feature_indices(shared, dataset)[0]
     assert sorted(n for n, idx in parts.items() if ric0 in idx) == ["backbone", "l_arm", "r_arm"]
     assert sorted(set(i for idx in parts.values() for i in idx)) == list(range(D))   # every dim is used
 
@@ -340,11 +340,12 @@ def test_task_refuses_batch_not_dividing_queue(mini_root):
 def test_stage_trains_builds_database_and_evaluates(mini_root, tmp_path):
     """Trainer → best.pt (by val R@1 sum) → database next to it → evaluation, all from the checkpoint alone."""
     from datasets.motion_dataset import build_dataset
-    from models.retriever import RetrievalDatabase, default_database_path
+    from models.retrieval_database import RetrievalDatabase, default_database_path
+    from models.retrieval_database import RetrievalQueryEncoder, load_retrieval
     from utils.checkpoint import load_checkpoint
     from utils.run_dir import RunDir
-    from utils.tasks.retriever import (RetrieverTask, build_database, evaluate_retriever, load_database_for,
-                                       load_retriever, retrieval_markdown)
+    from utils.tasks.retriever import (RetrieverTask, build_database, evaluate_retriever, load_retriever,
+                                       retrieval_markdown)
     from utils.training import Trainer
 
     cfg = _stage_cfg(mini_root)
@@ -358,15 +359,23 @@ def test_stage_trains_builds_database_and_evaluates(mini_root, tmp_path):
     assert int(task.model.queue_count) == 16 and int(task.model.queue_ptr) == 0          # 4 steps × 8 keys, wrapped
     ckpt = load_checkpoint(run.last, stage="retriever")
     assert int(ckpt["model"]["queue_count"]) == 16                                       # queues are checkpointed
+    assert ckpt["extra"]["text_encoder"] == cfg.model.text_encoder_config().identity()   # the text encoder used
     model, _ = load_retriever(run.final_checkpoint)
     final = load_checkpoint(run.final_checkpoint, stage="retriever")
     assert torch.equal(model.motion_queue, final["model"]["motion_queue"])             # rebuilt from the file alone
 
     db = build_database(run.final_checkpoint, cfg.data, progress=False, batch_size=16)
     assert default_database_path(run.final_checkpoint).is_file()
-    again = load_database_for(run.final_checkpoint, model, "t2m")
+    encoder, again = load_retrieval(run.final_checkpoint, dataset="t2m")
     assert again.motion_ids == db.motion_ids
-    assert again.meta.retriever_fingerprint == model.weights_fingerprint()
+    assert again.meta.retriever_fingerprint == model.weights_fingerprint() == encoder.weights_fingerprint()
+    # the inference-only query encoder: the text tower alone, bit-equal to the full retriever's text path
+    assert isinstance(encoder, RetrievalQueryEncoder)
+    assert not any(k.startswith(("momentum_", "motion_")) or "queue" in k for k in encoder.state_dict())
+    prompts = ["a person walks forward", "someone jumps twice", "a man waves with his left hand"]
+    assert torch.equal(encoder.encode_text(prompts), model.encode_text(prompts))
+    full, light = db.retrieve(model, prompts, k=2), again.retrieve(encoder, prompts, k=2)
+    assert torch.equal(full.indices, light.indices) and torch.equal(full.scores, light.scores)
 
     results = evaluate_retriever(run.final_checkpoint, cfg.data, split="test", protocols=("normal",))
     assert set(results["normal"]) == {f"{d}/{k}" for d in ("t2m", "m2t")
@@ -419,7 +428,7 @@ def test_train_retriever_writes_the_val_report_of_all_protocols_on_rank_zero_onl
 
     import train_retriever
     from datasets.motion_dataset import build_dataset
-    from models.retriever import default_database_path
+    from models.retrieval_database import default_database_path
     from tests.tiny_stages import tiny_retriever_overrides
     from utils import distributed
     from utils.config import load_config

@@ -15,8 +15,9 @@ from tests.tiny_stages import tiny_rvq_model_cfg as tiny_model_cfg
 from tests.tiny_stages import tiny_rvq_overrides as tiny_stage_overrides
 from utils.config import load_config, to_dict
 from utils.run_dir import RunDir
-from utils.tasks.rvq import (RVQStageConfig, RVQTask, ReconstructionMeter, evaluate_reconstruction, load_rvq,
-                             render_val_example, spread_windows, validation_windows)
+from models.tokenizer import MotionTokenizer
+from utils.tasks.rvq import (RVQStageConfig, RVQTask, ReconstructionMeter, evaluate_reconstruction, render_val_example,
+                             spread_windows, validation_windows)
 from utils.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ def test_training_logs_usage_of_every_level(trained_run):
 def test_checkpoint_rebuilds_the_tokenizer_with_ema_state_and_stats(trained_run):
     cfg, task, run, _ = trained_run
     assert run.best.is_file() and run.last.is_file()
-    tok = load_rvq(run.last)
+    tok = MotionTokenizer.from_checkpoint(run.last)
     assert tok.model.num_columns == 7 and not tok.model.training
     torch.testing.assert_close(tok.mean, torch.as_tensor(task.mean))
     for a, b in zip(tok.model.quantizer.layers, task.model.quantizer.layers):
@@ -162,12 +163,45 @@ def test_checkpoint_rebuilds_the_tokenizer_with_ema_state_and_stats(trained_run)
     assert torch.equal(tok.model.encode(x), task.model.encode(x))
 
 
+def test_tokenizer_round_trip_equals_rvqvae2d_directly(trained_run):
+    """MotionTokenizer.encode/decode = RVQVAE2D.encode/decode on the tokenizer's normalisation, tokens past a length
+    are −1, and the fingerprint follows the weights and statistics."""
+    cfg, task, run, _ = trained_run
+    tok = MotionTokenizer.from_checkpoint(run.last)
+    assert (tok.num_columns, tok.codebook_sizes, tok.downsample, tok.num_quantizers) == (7, [16] * 7, 4, 6)
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(2, 32, 263, generator=g) * tok.std + tok.mean
+    tokens = tok.encode(raw)
+    model = tok.model
+    direct = model.encode((raw - tok.mean) / tok.std)
+    assert torch.equal(tokens, direct)
+    torch.testing.assert_close(tok.decode(tokens), model.decode(direct) * tok.std + tok.mean)
+    torch.testing.assert_close(tok.denormalize(tok.normalize(raw)), raw)
+    # lengths: the input is zeroed past 21 frames (normalised space), ceil(21 / 4) = 6 token steps stay, the rest -1
+    short = tok.encode(raw, torch.tensor([21, 32]))
+    x = (raw - tok.mean) / tok.std
+    x[0, 21:] = 0
+    assert torch.equal(short[0, :6], model.encode(x)[0, :6]) and bool((short[0, 6:] == -1).all())
+    assert torch.equal(short[1], direct[1])
+    # fingerprint: stable on reload, changes with the weights or with the statistics
+    again = MotionTokenizer.from_checkpoint(run.last)
+    assert tok.fingerprint == again.fingerprint and len(tok.fingerprint) == 16
+    other = MotionTokenizer(model=again.model, mean=again.mean + 1.0, std=again.std, config={})
+    assert other.fingerprint != tok.fingerprint
+    with torch.no_grad():
+        next(again.model.parameters()).add_(1e-3)
+    again._fingerprint = None
+    assert again.fingerprint != tok.fingerprint
+    with pytest.raises(ValueError, match="argument 'lengths'"):
+        tok.encode(raw, torch.tensor([0, 32]))
+
+
 def test_load_rvq_refuses_another_stage(trained_run, tmp_path):
     from utils.checkpoint import CheckpointError, save_checkpoint
     path = tmp_path / "other.pt"
     save_checkpoint(path, stage="retriever", config={}, model={})
     with pytest.raises(CheckpointError, match="expected stage 'rvq'"):
-        load_rvq(path)
+        MotionTokenizer.from_checkpoint(path)
 
 
 def test_evaluate_reconstruction_with_an_evaluator_reports_fid(trained_run, mini_root):

@@ -8,13 +8,20 @@ A checkpoint is a dict of tensors and plain containers only, so `torch.load(weig
     model           dict        the model's state_dict
     step, epoch     int         optimizer steps done, epoch of the next batch          (training checkpoints)
     optimizer, scheduler, scaler, rng, ema, extra, ...                                 (training checkpoints)
+    extra["upstream"] dict      {name: {"path", "fingerprint"}} of every checkpoint the stage was trained on
+                                (the frozen tokenizer, retriever, ...); `check_upstream` refuses a mismatch
+
+`tensor_fingerprint(state)` is the content hash that identifies trained weights (a tokenizer's, a retriever's):
+a database, a token cache and every downstream checkpoint record it.
 
 Writes go to a temp file in the same folder, are fsync'ed and then `os.replace`d over the target, so a crash
 mid-write leaves the previous file intact and no temp file behind.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,8 +77,12 @@ def save_checkpoint(path: str | os.PathLike, *, stage: str, config: dict, model:
         torch.save(payload, f)
 
 
-def load_checkpoint(path: str | os.PathLike, *, stage: str | None = None, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, *, stage: str | None = None, map_location: Any = "cpu",
+                    mmap: bool = False) -> dict:
     """Read a checkpoint with `torch.load(weights_only=True)` and check its format version and stage.
+
+    `mmap=True` maps the tensors from the file instead of reading them (pages are read on first touch), so a
+    caller that needs a few tensors of a large checkpoint (the retrieval query encoder) does not pay for the rest.
 
     Raises CheckpointError naming the file when it is missing, truncated or corrupt, written by a newer format,
     or written by another stage than `stage` (None = any stage).
@@ -80,7 +91,12 @@ def load_checkpoint(path: str | os.PathLike, *, stage: str | None = None, map_lo
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)   # legacy (non-zip) format
     except Exception as err:  # zip / unpickling / EOF errors all mean the same thing to the user
         size = path.stat().st_size
         raise CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or corrupt and cannot be read "
@@ -158,3 +174,63 @@ def load_model(path: str | os.PathLike, model_cls: type[nn.Module], config_cls: 
     model = model_cls(from_dict(config_cls, config["model"], source=f"{path}: config.model"))
     load_model_state(model, ckpt["model"], path)
     return model.to(device).eval(), ckpt
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fingerprints and upstream checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+def tensor_fingerprint(tensors: Mapping[str, Any]) -> str:
+    """sha256 (16 hex) over the sorted names, shapes and bytes of a dict of tensors (other values by repr).
+
+    Identifies trained weights and statistics: equal content gives the same fingerprint on any machine."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key]
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(str(tuple(t.shape)).encode())
+            h.update(memoryview(t.numpy()).cast("B") if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:16]
+
+
+def upstream_record(path: str | os.PathLike, fingerprint: str) -> dict[str, str]:
+    """What a downstream checkpoint stores about one checkpoint it was trained on."""
+    return {"path": str(path), "fingerprint": str(fingerprint)}
+
+
+def check_upstream(ckpt_path: str | os.PathLike, ckpt: Mapping[str, Any], name: str, path: str | os.PathLike,
+                   fingerprint: str, allow_mismatch: bool = False) -> None:
+    """Refuse to use checkpoint `ckpt` (read from `ckpt_path`) next to upstream `name` = (`path`, `fingerprint`)
+    when `ckpt` was trained on an upstream of that name with other weights.
+
+    The message names both files. With `allow_mismatch` a warning is issued instead. A checkpoint that records no
+    upstream of that name passes (nothing to compare).
+    """
+    recorded = ((ckpt.get("extra") or {}).get("upstream") or {}).get(name)
+    if not recorded or recorded.get("fingerprint") == fingerprint:
+        return
+    msg = (f"checkpoint {ckpt_path} was trained on {name} {recorded.get('path')} (fingerprint "
+           f"{recorded.get('fingerprint')}), but {name} {path} (fingerprint {fingerprint}) is in use; pass the {name} "
+           f"it was trained with, or retrain it on this one")
+    if not allow_mismatch:
+        raise CheckpointError(msg)
+    warnings.warn(msg + " (allowed by the override; results may be meaningless)", stacklevel=2)
+
+
+def check_same_text_encoder(path_a: str | os.PathLike, ckpt_a: Mapping[str, Any], path_b: str | os.PathLike,
+                            ckpt_b: Mapping[str, Any]) -> None:
+    """Refuse two checkpoints meant to share a text feature (the mask and residual transformers of one pipeline)
+    when their recorded text encoders (`extra["text_encoder"]`, a `TextEncoderConfig.identity()` dict) differ.
+
+    The one-line message names both files and the first differing fields. Checkpoints that record none pass."""
+    a = (ckpt_a.get("extra") or {}).get("text_encoder")
+    b = (ckpt_b.get("extra") or {}).get("text_encoder")
+    if not a or not b or a == b:
+        return
+    diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise CheckpointError(f"checkpoints {path_a} and {path_b} were trained with different text encoders "
+                          f"({'; '.join(diff[:4])}); use a pair trained on the same text encoder")

@@ -7,10 +7,18 @@ full generations with the standard evaluator, over replications, with 95% confid
 `generate_fn(batch) -> (motion (B, T, D) de-normalised raw features, lengths (B,) in frames)`; it gets the collated
 "eval" batch of the test split (ground-truth lengths in `batch["length"]`) and must generate with those lengths.
 If it accepts a keyword argument `multimodality`, the driver passes `multimodality=True` for the MultiModality
-repeats (the reference samples those with Gumbel noise, the others categorically) and False otherwise.
+repeats (the reference samples those with Gumbel noise, the others categorically) and False otherwise. If it
+accepts `generator`, the driver passes a `torch.Generator` (CPU) seeded per replication: the only randomness a
+generator should draw from.
 
-Protocol of one replication (reference §4), with replication r seeded `cfg.seed + r` (python, numpy and torch global
-generators, which the dataset's per-item caption/crop sampling uses, and the loader's shuffle):
+Ground truth never depends on the model under test: the eval set's caption/crop draws come from (replication seed,
+item index) (`MotionTextDataset.set_epoch`), the loader's shuffle from its own generator, and the Diversity /
+MultiModality pairs from their own numpy generators. Two models evaluated side by side see the same captions, the
+same crops and the same ground-truth column in every replication.
+
+Protocol of one replication (reference §4), with replication r seeded `cfg.seed + r` (the eval set's item draws, the
+loader's shuffle, the generator handed to generate_fn; the global generators too, for generate functions that still
+use them):
 - one pass over the eval set in shuffled batches of 32 with drop_last; one random caption and crop per motion;
 - GT and generated motions are de-normalised, re-normalised with the evaluator's meta statistics and embedded with
   the same caption embedding;
@@ -35,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from utils.tensors import lengths_to_mask
 from utils import metrics
 from utils.atomic import atomic_write_text
 from utils.markdown import markdown_table
@@ -139,12 +148,16 @@ class EvalConfig:
 
 # --------------------------------------------------------------------------------------------------- helpers
 
-def _accepts_multimodality(fn: Callable) -> bool:
+def _accepts_keyword(fn: Callable, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "multimodality" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _accepts_multimodality(fn: Callable) -> bool:
+    return _accepts_keyword(fn, "multimodality")
 
 
 def _to_tensor(x) -> torch.Tensor:
@@ -160,6 +173,8 @@ class _Embedder:
         self.evaluator = evaluator
         self.cfg = cfg
         self.pass_mm = _accepts_multimodality(generate_fn)
+        self.pass_generator = _accepts_keyword(generate_fn, "generator")
+        self.generator: torch.Generator | None = None
 
     def text(self, batch: dict) -> np.ndarray:
         return self.evaluator.encode_text(batch["word_embs"], batch["pos_ohot"], batch["sent_len"]).cpu().numpy()
@@ -179,7 +194,7 @@ class _Embedder:
                                   f"of {int(lengths.max())} was requested")
         x = self.evaluator.normalize_for_evaluator(motion)
         if self.cfg.mask_beyond_length if mask is None else mask:
-            keep = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+            keep = lengths_to_mask(lengths, x.shape[1])
             x = x * keep[..., None]
         return self.evaluator.encode_motion(x, lengths).cpu().numpy()
 
@@ -190,8 +205,12 @@ class _Embedder:
         return self.motion_raw(motion, batch["length"], mask=True)
 
     def generated(self, batch: dict, multimodality: bool = False) -> np.ndarray:
-        out = (self.generate_fn(batch, multimodality=multimodality) if self.pass_mm else self.generate_fn(batch))
-        motion, lengths = out
+        kwargs = {}
+        if self.pass_mm:
+            kwargs["multimodality"] = multimodality
+        if self.pass_generator:
+            kwargs["generator"] = self.generator
+        motion, lengths = self.generate_fn(batch, **kwargs)
         return self.motion_raw(motion, lengths)
 
 
@@ -226,7 +245,10 @@ def _check_sizes(n_items: int, cfg: EvalConfig) -> int:
 # ------------------------------------------------------------------------------------------------ one replication
 
 def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt: bool) -> dict[str, dict]:
-    seed_everything(seed)                # python / numpy / torch: the dataset's per-item sampling uses them
+    seed_everything(seed)                # only for generate functions that still draw from the global generators
+    if hasattr(emb.eval_set, "set_epoch"):
+        emb.eval_set.set_epoch(seed)     # the items' caption / crop draws: (seed, index), nothing else
+    emb.generator = torch.Generator().manual_seed(seed)
     gen_loader = torch.Generator().manual_seed(seed)
     loader = DataLoader(emb.eval_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         collate_fn=collate_fn, num_workers=cfg.num_workers, generator=gen_loader)

@@ -28,6 +28,7 @@ def config_errors() -> tuple[type[BaseException], ...]:
 def project_errors() -> tuple[type[BaseException], ...]:
     """Errors of input the user controls (data, checkpoints, files, run dirs, a diverging run): exit code 1."""
     from datasets.motion_dataset import DatasetError
+    from datasets.registry import UnknownDatasetError
     from datasets.word_vectorizer import GloveError
     from models.evaluator import EvaluatorLoadError
     from models.retriever import RetrieverError
@@ -35,10 +36,11 @@ def project_errors() -> tuple[type[BaseException], ...]:
     from utils.checkpoint import CheckpointError
     from utils.evaluation import EvaluationError
     from utils.prompts import PromptsError
+    from utils.bvh import BVHError
     from utils.run_dir import RunDirError
     from utils.training import NonFiniteLossError
 
-    return (DatasetError, GloveError, CheckpointError, RetrieverError, TextEncoderError, EvaluatorLoadError, EvaluationError,
+    return (DatasetError, UnknownDatasetError, GloveError, BVHError, CheckpointError, RetrieverError, TextEncoderError, EvaluatorLoadError, EvaluationError,
             RunDirError, NonFiniteLossError, PromptsError)
 
 

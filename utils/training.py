@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datasets.motion_dataset import collate
-from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint, unwrap_model
+from utils.checkpoint import check_upstream, load_checkpoint, load_model_state, save_checkpoint, unwrap_model
 from utils.config import ConfigError, bad_value, check_choice, save_config, to_dict
 from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
                                local_device)
@@ -236,6 +236,14 @@ class TrainTask:
         broadcast_buffers: passed to DDP; False when the task keeps its buffers identical on every rank itself
             (the retriever's queues are all-gathered, so re-broadcasting 2 × 65,536 × 512 floats per step is waste)
         device: set by the Trainer before training
+
+    Frozen components (a tokenizer, a text encoder, retrieval: what the stage uses but does not train) are built in
+    `setup(device)`, which the Trainer calls once before it builds the optimizer. They are attributes of the task,
+    never of `model`, so they are neither in the checkpoint's model state nor in the optimizer. `upstream()` names
+    the checkpoints they came from with their fingerprints; the Trainer stores that as `extra["upstream"]` in every
+    checkpoint and refuses to resume next to different upstream weights. A task may also build `model` in
+    `setup` (when its config depends on the frozen parts, e.g. the tokenizer's codebook sizes): the model config
+    it saves must then have every derived field resolved, so the checkpoint rebuilds the model alone.
     """
     stage: str = ""
     model: nn.Module
@@ -245,6 +253,13 @@ class TrainTask:
     find_unused_parameters: bool = False
     broadcast_buffers: bool = True
     device: torch.device = torch.device("cpu")
+
+    def setup(self, device: torch.device) -> None:
+        """Build the frozen components on `device` (and `model`, if it depends on them). Default: nothing."""
+
+    def upstream(self) -> dict[str, dict[str, str]]:
+        """{name: utils.checkpoint.upstream_record(path, fingerprint)} of every checkpoint the stage is trained on."""
+        return {}
 
     def training_step(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         """Mean loss of one micro-batch (already on the device) and scalars to log. `step` = steps done so far."""
@@ -324,9 +339,6 @@ class Trainer:
         check_train_config(cfg)
         if not task.stage:
             raise ValueError(f"{type(task).__name__}.stage is empty; set it to the stage name (e.g. 'rvq')")
-        if not isinstance(getattr(task, "model", None), nn.Module):
-            raise ValueError(f"{type(task).__name__}.model must be an nn.Module, got "
-                             f"{type(getattr(task, 'model', None)).__name__}")
         if task.best_mode not in ("min", "max"):
             raise ValueError(f"{type(task).__name__}.best_mode={task.best_mode!r}: expected 'min' or 'max'")
         self.task, self.cfg, self.run = task, cfg, run
@@ -347,6 +359,10 @@ class Trainer:
         self.amp_dtype = (torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None) if self.cuda else None
 
         task.device = self.device
+        task.setup(self.device)
+        if not isinstance(getattr(task, "model", None), nn.Module):
+            raise ValueError(f"{type(task).__name__}.model must be an nn.Module, got "
+                             f"{type(getattr(task, 'model', None)).__name__}")
         task.model.to(self.device)
         if task.ema is not None:
             task.ema.to(self.device)
@@ -420,6 +436,8 @@ class Trainer:
         """The endless stream of training micro-batches, tracking (epoch, batch_in_epoch) for resume."""
         while True:
             self.sampler.set_epoch(self.epoch)
+            if hasattr(self.train_set, "set_epoch"):       # items' caption / crop draws: (seed, epoch, index)
+                self.train_set.set_epoch(self.epoch, seed=self.cfg.seed)
             skip = self.batch_in_epoch * self.cfg.batch_size
             seed = (self.cfg.seed * 1_000_003 + self.epoch) * 1024 + self.dist.rank
             for batch in self._loader(self.train_set, _SkipSampler(self.sampler, skip), True, seed):
@@ -542,6 +560,8 @@ class Trainer:
         if self.val_set is None or not self.main:
             return
         task = self.task
+        if hasattr(self.val_set, "set_epoch"):              # the same val items at every validation
+            self.val_set.set_epoch(0, seed=self.cfg.seed)
         loader = _OnDevice(self._loader(self.val_set, None, False, self.cfg.seed), self.device)
         model = task.model
         was_training = model.training
@@ -586,7 +606,14 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), rng=rng, best=self.best,
             ema=task.ema.state_dict() if task.ema is not None else None,
-            extra=task.extra_state() or {})
+            extra=self._extra())
+
+    def _extra(self) -> dict:
+        extra = dict(self.task.extra_state() or {})
+        upstream = self.task.upstream()
+        if upstream:
+            extra["upstream"] = {k: dict(v) for k, v in upstream.items()}
+        return extra
 
     def _save(self, path, gathered: bool = True) -> None:
         """Write a full-state checkpoint (rank 0). With `gathered`, every rank must call this (RNG states are
@@ -604,6 +631,8 @@ class Trainer:
         task = self.task
         ckpt = load_checkpoint(path, stage=task.stage, map_location="cpu")
         changed = check_resume_config(ckpt.get("config") or {}, self.config, str(path))
+        for name, rec in task.upstream().items():
+            check_upstream(path, ckpt, name, rec["path"], rec["fingerprint"])
         load_model_state(task.model, ckpt["model"], path)
         if task.ema is not None and ckpt.get("ema") is not None:
             load_model_state(task.ema, ckpt["ema"], path)

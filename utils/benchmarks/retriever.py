@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from models.retriever import BMMRetriever, DatabaseMeta, RetrievalDatabase, RetrieverConfig
+from models.retrieval_database import DatabaseMeta, RetrievalDatabase
+from models.retriever import BMMRetriever, RetrieverConfig
 from utils.atomic import atomic_write_text
 
 

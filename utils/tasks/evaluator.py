@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.tensors import lengths_to_mask
 from datasets.motion_dataset import DataConfig
 from models.evaluator import (EvaluatorConfig, MotionEncoderBiGRUCo, MovementConvDecoder, MovementConvEncoder,
                               TextEncoderBiGRUCo, build_encoders, dim_pose_of, evaluator_state, write_opt_txt)
@@ -130,7 +131,7 @@ class EvaluatorModel(nn.Module):
         t = (x.shape[1] // self.cfg.unit_length) * self.cfg.unit_length
         x = x[:, :t]
         recon = self.movement_decoder(self.movement_encoder(x))
-        valid = (torch.arange(t, device=x.device)[None, :] < batch["length"].to(x.device)[:, None]).float()
+        valid = lengths_to_mask(batch["length"], t, x.device).float()
         err = F.smooth_l1_loss(recon, x, reduction="none").mean(-1)
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
 

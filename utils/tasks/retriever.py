@@ -2,7 +2,8 @@
 
     RetrieverStageConfig                          data / model / train / retriever blocks (configs/*/retriever.yaml)
     RetrieverTask(cfg, val_set)                   the TrainTask of utils.training.Trainer
-    load_retriever(ckpt_path, device)             BMMRetriever rebuilt from its checkpoint alone
+    load_retriever(ckpt_path, device)             BMMRetriever rebuilt from its checkpoint alone (training-side
+                                                  tools; generation queries through models.retrieval_database)
     build_database(ckpt_path, data_cfg, split="train") -> RetrievalDatabase   (saved next to the checkpoint)
     evaluate_retriever(ckpt_path, data_cfg, split="test", protocols=(...), device="cpu") -> {protocol: metrics}
     retrieval_markdown(results, title) -> str     a labelled markdown table of those metrics
@@ -36,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from datasets.motion_dataset import DataConfig, MotionTextDataset, build_dataset
-from models.retriever import (PART_JOINTS, BMMRetriever, RetrievalDatabase, RetrieverConfig, RetrieverError,
-                              default_database_path)
+from datasets.registry import DATASETS, is_procedural
+from models.retrieval_database import RetrievalDatabase, RetrievalQueryEncoder, default_database_path
+from models.retriever import BMMRetriever, RetrieverConfig, RetrieverError
 from models.text_encoders import TEXT_ENCODERS
 from utils.checkpoint import load_model
 from utils.config import ConfigError, bad_value, check_choice
@@ -86,7 +88,7 @@ def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
     """Enumerated choices, the model's own rules and the data ↔ model dataset match, as one-line ConfigErrors naming
     the key (run by utils.config on loading, and by RetrieverTask)."""
     m = cfg.model
-    check_choice(f"{prefix}model.dataset", m.dataset, tuple(PART_JOINTS))
+    check_choice(f"{prefix}model.dataset", m.dataset, DATASETS)
     check_choice(f"{prefix}model.text_encoder", m.text_encoder, TEXT_ENCODERS)
     check_choice(f"{prefix}model.text_pooling", m.text_pooling, ("mean", "cls"))
     check_choice(f"{prefix}model.loss_reduction", m.loss_reduction, ("mean", "sum"))
@@ -186,6 +188,12 @@ class RetrieverTask(TrainTask):
     def after_optimizer_step(self, step: int) -> None:
         self.model.after_optimizer_step()        # EMA (Eqs. 1-2), then enqueue this step's momentum keys
 
+    def extra_state(self) -> dict:
+        """The text encoder this retriever embeds captions with (`TextEncoderConfig.identity()`) and the
+        fingerprint of the weights saved beside it (`BMMRetriever.weights_fingerprint`)."""
+        return {"text_encoder": self.cfg.model.text_encoder_config().identity(),
+                "fingerprint": self.model.weights_fingerprint()}   # read by the query encoder without the weights
+
     def validate(self, loader) -> dict[str, float]:
         """Retrieval metrics on the val split (the loader's random crops are not used: full motions)."""
         if self.val_set is None:
@@ -229,12 +237,16 @@ def _data_for(ckpt_config: dict, data_cfg: DataConfig, ckpt_path) -> DataConfig:
 
 def build_database(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "train", device: str = "cpu",
                    out_path: str | Path | None = None, save: bool = True, batch_size: int = 64,
-                   progress: bool = True) -> RetrievalDatabase:
+                   progress: bool = True, retriever: tuple[BMMRetriever, dict] | None = None,
+                   dataset: MotionTextDataset | None = None) -> RetrievalDatabase:
     """Encode `split` with the retriever of `ckpt_path` and save it to `default_database_path(ckpt_path)`
-    (or `out_path`). One row per caption per entry (reference §6.3)."""
-    retriever, config = load_retriever(ckpt_path, device)
+    (or `out_path`). One row per caption per entry (reference §6.3).
+
+    `retriever` = (model, config) already loaded from `ckpt_path` and `dataset` (that split, built with the
+    retriever's normalisation) avoid loading either again."""
+    retriever, config = retriever or load_retriever(ckpt_path, device)
     data_cfg = _data_for(config, data_cfg, ckpt_path)
-    dataset = build_dataset(data_cfg, split, "text")
+    dataset = dataset or build_dataset(data_cfg, split, "text")
     db = RetrievalDatabase.build(retriever, dataset, batch_size=batch_size, checkpoint=str(ckpt_path),
                                  progress=progress)
     if save:
@@ -245,27 +257,21 @@ def build_database(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "tr
     return db
 
 
-def load_database_for(ckpt_path: str | Path, retriever: BMMRetriever, dataset: str,
-                      db_path: str | Path | None = None) -> RetrievalDatabase:
-    """The database of a retriever checkpoint, refused if built from another dataset or other weights."""
-    path = Path(db_path) if db_path else default_database_path(ckpt_path)
-    return RetrievalDatabase.load(path, dataset=dataset, fingerprint=retriever.weights_fingerprint(),
-                                  checkpoint=str(ckpt_path))
-
-
 def evaluate_retriever(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "test",
                        protocols: Sequence[str] = PROTOCOLS, device: str = "cpu",
                        sentence_encoder=None, nsim_ids: Sequence[str] | None = None,
-                       batch_size: int = 64) -> dict[str, dict[str, float]]:
+                       batch_size: int = 64, retriever: tuple[BMMRetriever, dict] | None = None,
+                       dataset: MotionTextDataset | None = None) -> dict[str, dict[str, float]]:
     """TMR retrieval protocols (reference §8) of a retriever checkpoint on one split.
 
     Each entry contributes its first caption and its full motion. "threshold" and "nsim" (without `nsim_ids`) use
     caption similarities from `sentence_encoder` (default all-MiniLM-L6-v2, see utils.retrieval_metrics).
-    Returns {protocol: {"t2m/R01": ..., "m2t/MedR": ...}}.
+    Returns {protocol: {"t2m/R01": ..., "m2t/MedR": ...}}. `retriever` = (model, config) and `dataset` as in
+    `build_database`.
     """
-    retriever, config = load_retriever(ckpt_path, device)
+    retriever, config = retriever or load_retriever(ckpt_path, device)
     data_cfg = _data_for(config, data_cfg, ckpt_path)
-    dataset = build_dataset(data_cfg, split, "text")
+    dataset = dataset or build_dataset(data_cfg, split, "text")
     if nsim_ids is None:
         nsim_file = Path(data_cfg.root) / "nsim_test.txt"
         if "nsim" in protocols and split == "test" and nsim_file.is_file():
@@ -306,7 +312,9 @@ def guo_skip_reason(ckpt_path: str | Path, data_cfg: DataConfig, split: str) -> 
 
 def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir: str | Path, split: str = "val",
                            protocols: Sequence[str] = PROTOCOLS, device: str = "cpu", batch_size: int = 64,
-                           num_entries: int | None = None, sentence_encoder=None) -> tuple[Path, Path]:
+                           num_entries: int | None = None, sentence_encoder=None,
+                           retriever: tuple[BMMRetriever, dict] | None = None,
+                           dataset: MotionTextDataset | None = None) -> tuple[Path, Path]:
     """Score a retriever checkpoint on `split` under the TMR `protocols` (`evaluate_retriever`) and write
     `<out_dir>/retrieval_<split>.md` and `.json` (atomically). Returns (md path, json path).
 
@@ -317,20 +325,22 @@ def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir:
 
     from utils.atomic import atomic_write_text
 
+    retriever = retriever or load_retriever(ckpt_path, device)
     if num_entries is None:
-        _, config = load_retriever(ckpt_path, "cpu")
-        num_entries = len(build_dataset(_data_for(config, data_cfg, ckpt_path), split, "text").corpus.entries)
+        dataset = dataset or build_dataset(_data_for(retriever[1], data_cfg, ckpt_path), split, "text")
+        num_entries = len(dataset.corpus.entries)
     skipped = {}
     if "guo" in protocols and num_entries < GUO_BATCH:
         skipped["guo"] = guo_too_small(num_entries, split)
     run_protocols = tuple(p for p in protocols if p not in skipped)
     results = evaluate_retriever(ckpt_path, data_cfg, split=split, protocols=run_protocols, device=device,
-                                 sentence_encoder=sentence_encoder, batch_size=batch_size) if run_protocols else {}
+                                 sentence_encoder=sentence_encoder, batch_size=batch_size, retriever=retriever,
+                                 dataset=dataset) if run_protocols else {}
     table = {p: results.get(p, {}) for p in protocols}
     notes = [f"Checkpoint `{ckpt_path}`, {split} split ({num_entries} entries, first caption each), data "
              f"`{data_cfg.root}`."]
-    if "mini" in Path(data_cfg.root).name.lower():
-        notes.append("Mini dataset: the numbers are a smoke test, never comparable to paper tables.")
+    if is_procedural(data_cfg.root):          # the folder's dataset_info.json flag, never its name
+        notes.append("Mini dataset (procedural): the numbers are a smoke test, never comparable to paper tables.")
     if "nsim" in run_protocols:
         notes.append(f"nsim: {min(NSIM_SIZE, num_entries)} mutually dissimilar entries chosen from caption "
                      f"similarities (TMR's nsim_test.txt lists test entries only).")

@@ -1,5 +1,6 @@
 """The tokenizer stage: `RVQStageConfig`, `RVQTask` (training / validation of RVQVAE2D), checkpoint loading and
-`evaluate_reconstruction` (MPJPE, feature L1, codebook usage, reconstruction FID).
+`evaluate_reconstruction` (MPJPE, feature L1, codebook usage, reconstruction FID). Loading a trained tokenizer is
+`models.tokenizer.MotionTokenizer.from_checkpoint` (inference code never imports this training module).
 
 Training follows `reference.md` §5.1/§5.3: every 64-frame window of the motions (an epoch enumerates them all),
 normalised with the feat_bias statistics, the `RVQLoss`, AdamW 2e-4 with warm-up and step decay (schedule in
@@ -21,9 +22,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from utils.tensors import lengths_to_mask
 from datasets.motion_dataset import DataConfig
-from models.rvq import DATASET_DIMS, RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
-from utils.checkpoint import CheckpointError, load_model
+from datasets.registry import DATASETS, dataset_facts
+from models.rvq import RVQConfig, RVQLoss, RVQLossConfig, RVQOutput, RVQVAE2D
+from models.tokenizer import MotionTokenizer
 from utils.config import ConfigError, bad_value, check_choice
 from utils.training import TrainConfig, TrainTask
 
@@ -45,7 +48,7 @@ def validation_windows(cfg: "RVQStageConfig") -> Dataset:
     return spread_windows(build_dataset(cfg.data, "val", "window"), cfg.val.max_batches * cfg.train.batch_size)
 
 
-MM_PER_UNIT = {"t2m": 1000.0, "kit": 1.0}    # reference.md §1.3: HumanML3D in metres, KIT-ML on a millimetre scale
+MM_PER_UNIT = {ds: dataset_facts(ds).mm_per_unit for ds in DATASETS}   # datasets.registry: metres (t2m), mm (kit)
 
 
 def _default_train() -> TrainConfig:
@@ -76,7 +79,7 @@ class RVQStageConfig:
 def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
     """Enumerated model / loss settings and the data ↔ model dataset match (run by utils.config on loading)."""
     m, loss = cfg.model, cfg.loss
-    check_choice(f"{prefix}model.dataset", m.dataset, tuple(DATASET_DIMS))
+    check_choice(f"{prefix}model.dataset", m.dataset, DATASETS)
     check_choice(f"{prefix}model.sample", m.sample, ("argmax", "gumbel"))
     check_choice(f"{prefix}loss.recon", loss.recon, ("smooth_l1", "l1"))
     for key in ("width", "depth", "nb_code", "code_dim", "num_quantizers", "global_nb_code", "global_code_dim",
@@ -134,7 +137,7 @@ class ReconstructionMeter:
     def update(self, real_raw: Tensor, recon_raw: Tensor, lengths: Tensor, real_norm: Tensor,
                recon_norm: Tensor) -> None:
         b, t, d = real_raw.shape
-        mask = (torch.arange(t)[None, :] < lengths.cpu()[:, None]).float()          # (B, T)
+        mask = lengths_to_mask(lengths.cpu(), t).float()                            # (B, T)
         j_real = recover_joints(real_raw, self.dataset)
         j_rec = recover_joints(recon_raw, self.dataset)
         per_joint = (j_real - j_rec).norm(dim=-1)                                   # (B, T, J)
@@ -192,22 +195,7 @@ class UsageMeter:
 # ----------------------------------------------------------------------------------------------------------------
 # The training task
 # ----------------------------------------------------------------------------------------------------------------
-class FeatureStats:
-    """normalize / denormalize with the tokenizer's `mean`, `std` (D,) tensors, on the input's device."""
-
-    mean: Tensor
-    std: Tensor
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """Raw features (..., D) → the tokenizer's normalised input."""
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        """The tokenizer's normalised features (..., D) → raw features."""
-        return x * self.std.to(x.device) + self.mean.to(x.device)
-
-
-class RVQTask(FeatureStats, TrainTask):
+class RVQTask(TrainTask):
     """What the shared Trainer needs to train RVQVAE2D.
 
     Args:
@@ -267,6 +255,10 @@ class RVQTask(FeatureStats, TrainTask):
         res = {"loss": float(np.mean(losses)) if losses else math.nan, **recon_meter.result(), **usage.result()}
         return {f"val/{k}": v for k, v in res.items()}
 
+    def denormalize(self, x: Tensor) -> Tensor:
+        """The tokenizer's normalised features (..., D) → raw features (the statistics saved in checkpoints)."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
     def extra_state(self) -> dict:
         return {"mean": self.mean.clone(), "std": self.std.clone()}
 
@@ -280,66 +272,43 @@ class RVQTask(FeatureStats, TrainTask):
 # ----------------------------------------------------------------------------------------------------------------
 # Loading a trained tokenizer and evaluating reconstruction
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedRVQ(FeatureStats):
-    model: RVQVAE2D              # eval mode, on the requested device
-    mean: Tensor                 # (D,) normalisation the model was trained with
-    std: Tensor
-    config: dict                 # the stage config of the checkpoint
-    path: str
-
-    @torch.no_grad()
-    def reconstruct(self, raw: Tensor, lengths: Tensor) -> tuple[Tensor, RVQOutput, Tensor]:
-        """Raw (de-normalised) features (B, T, D) with valid lengths (B,) through the tokenizer.
-
-        Returns (the input normalised with the tokenizer's statistics and zeroed beyond each length (B, T, D), on the
-        model's device; the RVQOutput; the reconstruction as raw features (B, T, D) on the CPU).
-        """
-        device = next(self.model.parameters()).device
-        keep = (torch.arange(raw.shape[1])[None, :] < lengths.cpu().reshape(-1, 1)).float()[..., None]
-        motion = self.normalize(raw.to(device)) * keep.to(device)
-        out = self.model(motion)
-        return motion, out, self.denormalize(out.recon).cpu()
-
-
-def load_rvq(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedRVQ:
-    """Rebuild RVQVAE2D from a tokenizer checkpoint alone (config + state, EMA statistics included)."""
-    model, ckpt = load_model(ckpt_path, RVQVAE2D, RVQConfig, stage="rvq", device=device)
-    extra = ckpt.get("extra") or {}
-    if "mean" not in extra:
-        raise CheckpointError(f"checkpoint {ckpt_path} has no normalisation statistics (extra.mean / extra.std); "
-                              f"it was not written by train_rvq.py")
-    return LoadedRVQ(model=model, mean=torch.as_tensor(extra["mean"]).float(),
-                     std=torch.as_tensor(extra["std"]).float(), config=ckpt["config"], path=str(ckpt_path))
+def _tokenizer(tokenizer: MotionTokenizer | str | Path, device) -> MotionTokenizer:
+    return tokenizer if isinstance(tokenizer, MotionTokenizer) else MotionTokenizer.from_checkpoint(tokenizer, device)
 
 
 @torch.no_grad()
-def evaluate_reconstruction(ckpt_path: str | Path, data_cfg: DataConfig, split: str = "test", evaluator=None,
-                            device: str | torch.device = "cpu", batch_size: int = 32, seed: int = 0,
-                            max_batches: int = 0, progress: bool = True) -> dict[str, Any]:
+def evaluate_reconstruction(tokenizer: MotionTokenizer | str | Path, data_cfg: DataConfig | None = None,
+                            split: str = "test", evaluator=None, device: str | torch.device = "cpu",
+                            batch_size: int = 32, seed: int = 0, max_batches: int = 0, progress: bool = True,
+                            dataset: Dataset | None = None) -> dict[str, Any]:
     """Tokenizer reconstruction quality on a split (items as the generator sees them: random crops ≤ 196 frames).
 
+    `tokenizer` is a loaded MotionTokenizer or the path of its checkpoint. The items come from `dataset` (a "text" or
+    "eval" MotionTextDataset normalised with the tokenizer's statistics, e.g. the one eval_t2m.py already built) or
+    are read from `data_cfg`/`split`; their caption/crop draws are those of sampling seed `seed`.
     Returns a dict: `mpjpe_mm` (mean per-joint position error on recovered global joints, valid frames only),
     `root_err_mm`, `feature_l1` (normalised units), `usage/...` (perplexity and used fraction per level), `num_motions`,
     and with an evaluator object `fid` (reconstructions vs the same real motions, `utils.metrics.fid`).
-    The data is normalised with the tokenizer's own statistics; motions go to the evaluator de-normalised then
-    re-normalised with its meta statistics (a no-op in the standard setting, reference.md §1.5).
+    Each batch is normalised once (by the dataset, with the tokenizer's statistics); the evaluator normalises the
+    raw features once with its own meta statistics.
     """
     from datasets.motion_dataset import build_dataset, collate
     from utils.metrics import fid as fid_fn
 
-    tok = load_rvq(ckpt_path, device)
+    tok = _tokenizer(tokenizer, device)
     model = tok.model
-    dataset = model.cfg.dataset
-    if data_cfg.dataset != dataset:
-        raise ValueError(f"utils/tasks/rvq.py: data_cfg.dataset is {data_cfg.dataset!r} but the tokenizer "
-                         f"{ckpt_path} was trained on {dataset!r}")
-    ds = build_dataset(data_cfg, split, "text")
-    torch.manual_seed(seed)                      # the items' random crops come from torch's global RNG
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
-    ds_mean = torch.as_tensor(np.asarray(ds.mean, np.float32))
-    ds_std = torch.as_tensor(np.asarray(ds.std, np.float32))
-    meter = ReconstructionMeter(dataset)
+    name = model.cfg.dataset
+    if dataset is None:
+        if data_cfg is None:
+            raise ValueError("utils/tasks/rvq.py: evaluate_reconstruction needs data_cfg or dataset")
+        if data_cfg.dataset != name:
+            raise ValueError(f"utils/tasks/rvq.py: data_cfg.dataset is {data_cfg.dataset!r} but the tokenizer "
+                             f"{tok.path or '<in memory>'} was trained on {name!r}")
+        dataset = build_dataset(data_cfg, split, "text", stats=(tok.mean.numpy(), tok.std.numpy()))
+    dataset.set_epoch(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                         num_workers=0)
+    meter = ReconstructionMeter(name)
     usage = UsageMeter(model)
     real_emb, rec_emb = [], []
     n = 0
@@ -351,18 +320,20 @@ def evaluate_reconstruction(ckpt_path: str | Path, data_cfg: DataConfig, split: 
         if max_batches and i >= max_batches:
             break
         lengths = torch.as_tensor(batch["length"]).reshape(-1)
-        raw = batch["motion"] * ds_std + ds_mean                       # dataset stats → raw features
-        motion, out, recon_raw = tok.reconstruct(raw, lengths)         # tokenizer's normalisation, zero-padded
+        motion = batch["motion"].to(tok.device)                        # normalised once, zero-padded
+        out = model(motion)
+        raw = dataset.denormalize(batch["motion"])
+        recon_raw = tok.denormalize(out.recon).cpu()
         meter.update(raw, recon_raw, lengths, motion.cpu(), out.recon.cpu())
         usage.update(out.indices)
         if evaluator is not None:
-            keep = (torch.arange(raw.shape[1])[None, :] < lengths[:, None]).float()[..., None]
+            keep = lengths_to_mask(lengths, raw.shape[1]).float()[..., None]
             real_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(raw) * keep, lengths)
             rec_e = evaluator.encode_motion(evaluator.normalize_for_evaluator(recon_raw) * keep, lengths)
             real_emb.append(real_e.cpu().numpy())
             rec_emb.append(rec_e.cpu().numpy())
         n += raw.shape[0]
-    report: dict[str, Any] = {"split": split, "num_motions": n, "dataset": dataset, "checkpoint": str(ckpt_path),
+    report: dict[str, Any] = {"split": split, "num_motions": n, "dataset": name, "checkpoint": tok.path,
                               **meter.result(), **usage.result()}
     if evaluator is not None and real_emb:
         report["fid"] = float(fid_fn(np.concatenate(rec_emb), np.concatenate(real_emb)))
@@ -381,17 +352,18 @@ def render_reconstruction(real_raw: Tensor, recon_raw: Tensor, dataset: str, pat
 
 
 @torch.no_grad()
-def render_val_example(ckpt_path: str | Path, data_cfg: DataConfig, path: str | Path, index: int = 0,
-                       split: str = "val", seed: int = 0) -> Path | None:
-    """Reconstruct one whole motion of `split` (first `index`-th item, its full length cropped to a multiple of 4)
-    with the checkpoint and render it next to its source; returns the PNG path (None without a renderer)."""
+def render_val_example(tokenizer: MotionTokenizer | str | Path, data_cfg: DataConfig, path: str | Path,
+                       index: int = 0, split: str = "val", seed: int = 0) -> Path | None:
+    """Reconstruct one whole motion of `split` (the `index`-th item, its full length cropped to a multiple of 4)
+    with the tokenizer (or its checkpoint path) and render it next to its source; returns the PNG path (None
+    without a renderer)."""
     from datasets.motion_dataset import build_dataset
 
-    tok = load_rvq(ckpt_path)
-    torch.manual_seed(seed)
-    ds = build_dataset(data_cfg, split, "text")
+    tok = _tokenizer(tokenizer, "cpu")
+    ds = build_dataset(data_cfg, split, "text", stats=(tok.mean.numpy(), tok.std.numpy()))
+    ds.set_epoch(seed)
     item = ds[index]
     length = int(item["length"])
-    raw = torch.as_tensor(ds.denormalize(item["motion"][:length].numpy())).float()   # (T, D)
+    raw = ds.denormalize(item["motion"][:length]).float()          # (T, D)
     recon = tok.reconstruct(raw[None], torch.tensor([length]))[2][0]
-    return render_reconstruction(raw, recon, tok.model.cfg.dataset, path, title=f"{split} {item.get('id', '')}")
+    return render_reconstruction(raw, recon, tok.dataset, path, title=f"{split} {item.get('id', '')}")
