@@ -456,9 +456,9 @@ def check_device(cfg: Any) -> None:
         name = getattr(holder, "device", None)
         if not isinstance(name, str):
             continue
-        from utils.training import select_device
+        from utils.distributed import resolve_device
         try:
-            select_device(name)
+            resolve_device(name)
         except ValueError as err:
             raise ConfigError(str(err).replace("train.device=", f"{key}=", 1), key=key) from None
 
@@ -504,7 +504,7 @@ def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argpa
     if resume and last.is_file():
         saved = _checkpoint_config(last)
         if saved is not None:
-            from utils.training import check_resume_config
+            from utils.run_dir import check_resume_config
             try:
                 check_resume_config(saved, to_dict(cfg), str(last))
             except ConfigError as err:

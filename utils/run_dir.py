@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("remomask.run_dir")
 
@@ -166,3 +167,52 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, resume={self.resume}, overwrite={self.overwrite})"
+
+
+# Keys a --resume may change, each because the resumed run really uses the new value: the loop reads them every step
+# (step budget, frequencies, clipping, loader workers, device), the Trainer re-applies train.lr to the restored
+# optimizer and scheduler, and the scripts read the rest after loading (data location, after-training steps). Every
+# other key (model.*, data.* but root, seed, batch size, optimizer and schedule shape, loss weights, ...) defines the
+# run: changing it on resume is refused (`check_resume_config`), since the restored state would silently keep the old
+# value while config.yaml recorded the new one.
+RESUME_CHANGEABLE = (
+    "train.max_steps", "train.epochs", "train.lr", "train.grad_clip", "train.log_every", "train.val_every",
+    "train.val_every_epochs", "train.ckpt_every", "train.num_workers", "train.device",
+    "data.root", "val.render", "retriever.build_database", "retriever.final_eval", "retriever.database_batch_size",
+)
+
+
+def check_resume_config(saved: dict, new: dict, source: str) -> list[str]:
+    """Refuse a resume whose config changes a key outside RESUME_CHANGEABLE (ConfigError naming the key, both values
+    and `source`, the checkpoint it is compared with). Returns the allowed changes as "key: old -> new" lines. A key
+    missing from `saved` (written before the key existed) is not compared."""
+    changed = []
+    for key, old, value in _diff_leaves(saved, new):
+        if key in RESUME_CHANGEABLE:
+            changed.append(f"{key}: {old!r} -> {value!r}")
+            continue
+        from utils.config import ConfigError
+
+        raise ConfigError(f"--resume: {key}={value!r} differs from the run's {key}={old!r} ({source}); it cannot "
+                          f"change on resume (only {', '.join(RESUME_CHANGEABLE)} can); drop the override, or start "
+                          f"a new run with --overwrite or another --name", key=key)
+    return changed
+
+
+def _diff_leaves(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of the leaves that differ between two nested config dicts; keys absent
+    from `a` are skipped (a config written before they existed)."""
+    out = []
+    for k in sorted(b, key=str):
+        if k not in a:
+            continue
+        va, vb = a[k], b[k]
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_leaves(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (_is_seq(va) and _is_seq(vb) and list(va) == list(vb)):
+            out.append((f"{prefix}{k}", va, vb))
+    return out
+
+
+def _is_seq(x: Any) -> bool:
+    return isinstance(x, (list, tuple))

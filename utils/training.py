@@ -34,8 +34,8 @@ from datasets.motion_dataset import collate
 from utils.checkpoint import check_upstream, load_checkpoint, load_model_state, save_checkpoint, unwrap_model
 from utils.config import ConfigError, bad_value, check_choice, save_config, to_dict
 from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
-                               local_device)
-from utils.run_dir import RunDir
+                               local_device, resolve_device)
+from utils.run_dir import RESUME_CHANGEABLE, RunDir, check_resume_config  # noqa: F401 (re-exported)
 
 log = logging.getLogger("remomask.train")
 
@@ -80,34 +80,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN / Inf; the run stopped without applying the update."""
 
 
-# Keys a --resume may change, each because the resumed run really uses the new value: the loop reads them every step
-# (step budget, frequencies, clipping, loader workers, device), the Trainer re-applies train.lr to the restored
-# optimizer and scheduler, and the scripts read the rest after loading (data location, after-training steps). Every
-# other key (model.*, data.* but root, seed, batch size, optimizer and schedule shape, loss weights, ...) defines the
-# run: changing it on resume is refused (`check_resume_config`), since the restored state would silently keep the old
-# value while config.yaml recorded the new one.
-RESUME_CHANGEABLE = (
-    "train.max_steps", "train.epochs", "train.lr", "train.grad_clip", "train.log_every", "train.val_every",
-    "train.val_every_epochs", "train.ckpt_every", "train.num_workers", "train.device",
-    "data.root", "val.render", "retriever.build_database", "retriever.final_eval", "retriever.database_batch_size",
-)
-
-
-def check_resume_config(saved: dict, new: dict, source: str) -> list[str]:
-    """Refuse a resume whose config changes a key outside RESUME_CHANGEABLE (ConfigError naming the key, both values
-    and `source`, the checkpoint it is compared with). Returns the allowed changes as "key: old -> new" lines. A key
-    missing from `saved` (written before the key existed) is not compared."""
-    changed = []
-    for key, old, value in _diff_leaves(saved, new):
-        if key in RESUME_CHANGEABLE:
-            changed.append(f"{key}: {old!r} -> {value!r}")
-            continue
-        raise ConfigError(f"--resume: {key}={value!r} differs from the run's {key}={old!r} ({source}); it cannot "
-                          f"change on resume (only {', '.join(RESUME_CHANGEABLE)} can); drop the override, or start "
-                          f"a new run with --overwrite or another --name", key=key)
-    return changed
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
@@ -120,18 +92,9 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cpu" / "cuda" / "cuda:N" as given (checked to exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"train.device={name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available here; use train.device=auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
+    """"auto" -> cuda when available, else cpu; "cpu" / "cuda" / "cuda:N" as given (checked to exist;
+    `utils.distributed.resolve_device`)."""
+    return resolve_device(name)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -740,22 +703,3 @@ def _valid_device_name(name: str) -> bool:
         return torch.device(name).type in ("cpu", "cuda", "mps")
     except (RuntimeError, TypeError):
         return False
-
-
-def _diff_leaves(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, value in a, value in b) of the leaves that differ between two nested config dicts; keys absent
-    from `a` are skipped (a config written before they existed)."""
-    out = []
-    for k in sorted(b, key=str):
-        if k not in a:
-            continue
-        va, vb = a[k], b[k]
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff_leaves(va, vb, f"{prefix}{k}.")
-        elif va != vb and not (_is_seq(va) and _is_seq(vb) and list(va) == list(vb)):
-            out.append((f"{prefix}{k}", va, vb))
-    return out
-
-
-def _is_seq(x: Any) -> bool:
-    return isinstance(x, (list, tuple))
