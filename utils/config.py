@@ -489,7 +489,7 @@ def writable_problem(path: str | os.PathLike, what: str) -> str | None:
 def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argparse.Namespace, cfg: Any) -> None:
     """The run dir checks of `load_stage_config`, before any work (exit 2 through `parser.error`): the folder is
     writable, an existing run is not clobbered without --resume / --overwrite, and a --resume changes only the keys
-    utils.training.RESUME_CHANGEABLE allows (compared with the config stored in last.pt). Rank 0 only. A script
+    utils.run_dir.RESUME_CHANGEABLE allows (compared with the config stored in last.pt). Rank 0 only. A script
     that adjusts its config after loading (train_evaluator.py) calls it itself with the adjusted config."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
