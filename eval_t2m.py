@@ -3,6 +3,7 @@
     python eval_t2m.py --stage gt                               # ground truth as the "generation" (FID ~ 0)
     python eval_t2m.py --stage rvq checkpoints.rvq=runs/rvq/mini/checkpoints/best.pt
     python eval_t2m.py --stage retriever                        # TMR protocols normal / threshold / nsim / guo
+    python eval_t2m.py --stage t2m [--lengths gt|estimator]     # the full generator (mask + residual transformers)
     python eval_t2m.py --stage gt --config configs/humanml3d/eval.yaml data.root=data/HumanML3D
     python eval_t2m.py --stage gt --replications 1 --fast       # quick check, labelled NOT COMPARABLE
 
@@ -43,6 +44,9 @@ class EvaluatorPathConfig:
 class CheckpointPaths:
     rvq: str = ""         # --stage rvq ("" = runs/rvq/<name>/checkpoints/best.pt, else last.pt)
     retriever: str = ""   # --stage retriever ("" = runs/retriever/<name>/checkpoints/best.pt, else last.pt)
+    mask: str = ""        # --stage t2m ("" = runs/mask/<name>/checkpoints/best.pt, else last.pt)
+    residual: str = ""    # --stage t2m ("" = runs/residual/<name>/checkpoints/best.pt, else last.pt)
+    length_estimator: str = ""   # --stage t2m --lengths estimator ("" = runs/length_estimator/<name>/checkpoints/best.pt)
 
 
 @dataclass
@@ -66,7 +70,10 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
     parser = stage_parser(EvalStageConfig, "eval", argv, description=__doc__, run_flags=False)
     parser.add_argument("--stage", required=True, choices=STAGES,
                         help="what to evaluate: gt (ground truth), rvq (reconstructions), retriever (TMR "
-                             "protocols), t2m (full generator; not implemented yet)")
+                             "protocols), t2m (the full generator, models/pipeline.py)")
+    parser.add_argument("--lengths", choices=("gt", "estimator"), default="gt",
+                        help="--stage t2m: generate with the ground-truth lengths (the paper's tables) or with "
+                             "lengths drawn by the length estimator (a second, labelled mode)")
     parser.add_argument("--replications", type=int, default=None,
                         help="number of replications (default: eval.replications of the config, 20)")
     parser.add_argument("--fast", action="store_true",
@@ -78,11 +85,10 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
     if args.fast:
         flags.append("eval.fast=true")
     cfg = load_stage_config(parser, EvalStageConfig, "eval", args, extra_overrides=flags, check_run_dir=False)
-    if args.stage != "t2m":         # the report folder must be writable before hours of replications
-        from utils.config import writable_problem
-        problem = writable_problem(report_dir(args), "report folder")
-        if problem:
-            parser.error(problem)
+    from utils.config import writable_problem     # the report folder must be writable before hours of replications
+    problem = writable_problem(report_dir(args), "report folder")
+    if problem:
+        parser.error(problem)
     return cfg, args
 
 
@@ -204,6 +210,80 @@ def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     return result
 
 
+def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
+    """The full generator (`models.pipeline.ReMoMaskPipeline`) scored with the standard protocol.
+
+    Every test caption is generated with its ground-truth length (or, with --lengths estimator, a length drawn by
+    the length estimator; labelled so in the report), in batches of the eval batch size. The per-item seeds come
+    from the generator the driver hands over each replication, so a replication is reproducible. Text features
+    (the frozen encoder's per-caption cache) and retrieval results (cached per caption here) are computed once."""
+    import torch
+
+    from datasets.motion_dataset import build_dataset
+    from models.pipeline import ReMoMaskPipeline
+    from utils.evaluation import evaluate_t2m, write_report
+
+    mask = _checkpoint(cfg.checkpoints.mask, "mask", args)
+    residual = _checkpoint(cfg.checkpoints.residual, "residual", args)
+    length = None
+    if args.lengths == "estimator":
+        length = _checkpoint(cfg.checkpoints.length_estimator, "length_estimator", args)
+    pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, length_estimator=length, device=device)
+    if pipe.dataset != cfg.data.dataset:
+        raise ValueError(f"the pipeline of {mask} is for dataset {pipe.dataset!r} but data.dataset="
+                         f"{cfg.data.dataset!r}")
+    if pipe.retrieval is not None:
+        pipe.retrieval = CachedRetrieval(pipe.retrieval)
+    evaluator = load_evaluator(cfg, device)
+    eval_set = build_dataset(cfg.data, cfg.split, "eval", (pipe.tokenizer.mean, pipe.tokenizer.std))
+
+    @torch.no_grad()
+    def generate(batch, generator=None):
+        captions = list(batch["caption"])
+        seeds = torch.randint(0, 2 ** 31 - 1, (len(captions),), generator=generator).tolist()
+        lengths = None if args.lengths == "estimator" else batch["length"].tolist()
+        out = _generate_items(pipe, captions, lengths, seeds)
+        return out.features, out.lengths
+
+    label = "ReMoMask" + (" (estimated lengths)" if args.lengths == "estimator" else "")
+    report = evaluate_t2m(generate, eval_set, evaluator, cfg.eval, label=label)
+    report["requested_config"] = asdict(cfg.eval)
+    report["lengths"] = args.lengths
+    checkpoints = {"mask": mask, "residual": residual, "tokenizer": pipe.tokenizer.path}
+    if pipe.retrieval is not None:
+        checkpoints["retriever"] = getattr(pipe.retrieval.encoder, "path", "")
+    if length:
+        checkpoints["length_estimator"] = length
+    write_report(report, out_dir, echo=True, stage="t2m", checkpoints=checkpoints, run_config=to_dict(cfg), split=cfg.split,
+                 dataset_note=_dataset_note(cfg))
+    return report
+
+
+class CachedRetrieval:
+    """A pipeline retrieval component whose results are cached per caption (the same every replication)."""
+
+    def __init__(self, retrieval):
+        self.inner, self.encoder, self.database, self.k = retrieval, retrieval.encoder, retrieval.database, retrieval.k
+        self.cache: dict = {}
+
+    def __call__(self, prompts):
+        import torch
+        from models.retrieval_database import RetrievalResult
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            res = self.inner(missing)
+            for i, p in enumerate(missing):
+                self.cache[p] = RetrievalResult(res.r_t[i], res.r_m[i], res.indices[i], res.scores[i])
+        rows = [self.cache[p] for p in prompts]
+        return RetrievalResult(*(torch.stack([getattr(r, f) for r in rows]) for f in RetrievalResult._fields))
+
+
+def _generate_items(pipe, captions, lengths, seeds):
+    """One pipeline call for a batch of captions (duplicates allowed), item i seeded seeds[i]."""
+    return pipe(captions, lengths, seed=seeds)
+
+
 def _dataset_note(cfg: EvalStageConfig) -> str:
     """The report's warning for generated data (the folder's dataset_info.json flag, never its name)."""
     from datasets.registry import is_procedural
@@ -215,17 +295,13 @@ def _dataset_note(cfg: EvalStageConfig) -> str:
 
 def main(argv=None) -> int:
     cfg, args = parse_args(argv)
-    if args.stage == "t2m":
-        print("eval_t2m.py: --stage t2m evaluates the full generator (mask + residual transformers), which is not "
-              "implemented yet (later issues); available stages: gt, rvq, retriever", file=sys.stderr)
-        return 2
     from utils.training import select_device
 
     from utils.script import one_line, project_errors
 
     device = select_device(cfg.device)
     out_dir = report_dir(args)
-    runner = {"gt": run_gt, "rvq": run_rvq, "retriever": run_retriever}[args.stage]
+    runner = {"gt": run_gt, "rvq": run_rvq, "retriever": run_retriever, "t2m": run_t2m}[args.stage]
     try:
         runner(cfg, args, device, out_dir)       # prints the table, then writes it
     except (*project_errors(), OSError) as e:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -163,8 +165,32 @@ def sample_gumbel(logits: Tensor, generator: torch.Generator | None = None) -> T
     return (logits.float() + gumbel).argmax(dim=-1)
 
 
-def sample(logits: Tensor, sampler: str = "categorical", generator: torch.Generator | None = None) -> Tensor:
-    """Dispatch on `sampler`: "categorical" (multinomial) or "gumbel" (Gumbel-max)."""
+PER_ITEM_NOISE_STEPS = 64      # per-item noise covers this many token steps (≥ the 49 of 196 frames)
+
+
+def sample_per_item(logits: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """Gumbel-max draws (a draw from softmax(logits), like "categorical") with one generator per batch item.
+
+    logits (B, T', ...) → long (B, T', ...). Item b's noise is drawn from `generators[b]` with a fixed shape
+    (max(T', 64), ...) and cut to T', so an item gets the same draws whatever else is in its batch and however
+    long the batch is padded: batched generation equals one-by-one generation for the same per-item seeds."""
+    if len(generators) != logits.shape[0]:
+        raise ValueError(f"{_MOD}: one generator per batch item expected ({logits.shape[0]}), got {len(generators)}")
+    steps = max(logits.shape[1], PER_ITEM_NOISE_STEPS)
+    noise = torch.stack([torch.rand((steps, *logits.shape[2:]), generator=g, device=logits.device,
+                                    dtype=torch.float32)[:logits.shape[1]] for g in generators])
+    gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20, max=1.0 - 1e-7)))
+    return (logits.float() + gumbel).argmax(dim=-1)
+
+
+def sample(logits: Tensor, sampler: str = "categorical",
+           generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+    """Dispatch on `sampler`: "categorical" (multinomial) or "gumbel" (Gumbel-max). A list of generators (one per
+    batch item, logits (B, T', ...)) draws per item (`sample_per_item`) with either sampler."""
+    if sampler not in ("categorical", "gumbel"):
+        raise ValueError(f"{_MOD}: argument 'sampler' must be 'categorical' or 'gumbel', got {sampler!r}")
+    if isinstance(generator, (list, tuple)):
+        return sample_per_item(logits, generator)
     if sampler == "categorical":
         return sample_categorical(logits, generator)
     if sampler == "gumbel":

@@ -45,3 +45,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(mini_root, tmp_path_factory) -> dict:
+    """{"tokenizer", "retriever"}: checkpoint paths of a tiny tokenizer (T'×7 map) and a tiny retriever (with its
+    database) trained for 2 steps on `mini_root` (tests.tiny_stages.train_tiny_upstream); treat as read-only."""
+    from tests.tiny_stages import train_tiny_upstream
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_tiny_upstream(mini_root, tmp_path_factory.mktemp("tiny_upstream"))
+    finally:
+        torch.set_num_threads(before)

@@ -84,3 +84,28 @@ def test_bad_input_is_a_one_line_error(tmp_path):
     with pytest.raises(BVHError, match=r"bad\.bvh:1: expected 'HIERARCHY'"):
         read_bvh(bad)
     assert not (tmp_path / "x.bvh").exists()
+
+
+@pytest.mark.slow
+def test_blender_imports_the_file_and_agrees_with_our_forward_kinematics(real_motion_dir, tmp_path):
+    """Debian's Blender (3.4) imports the BVH headless; its bone heads equal our forward kinematics (< 0.01 cm)."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    blender = shutil.which("blender")
+    if blender is None:
+        pytest.skip("blender is not installed (apt-get install blender)")
+    joints = np.load(real_motion_dir / "joints" / "climb0_up.npy")
+    path = write_bvh(joints, tmp_path / "clip.bvh")
+    script = Path(__file__).resolve().parents[1] / "utils" / "blender_bvh_check.py"
+    subprocess.run([blender, "-b", "--factory-startup", "--python", str(script), "--", str(path),
+                    str(tmp_path / "out.json"), "0", "100"], check=True, capture_output=True, timeout=300)
+    out = json.loads((tmp_path / "out.json").read_text())
+    motion = read_bvh(path)
+    fk = bvh_forward_kinematics(motion)
+    assert out["bones"] == 22 and out["frames"] == len(joints) and out["fps"] == 20
+    for frame in ("0", "100"):
+        got = np.array([out["positions"][frame][n] for n in motion.names])
+        np.testing.assert_allclose(got, fk[int(frame)], atol=1e-2)

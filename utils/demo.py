@@ -1,11 +1,17 @@
-"""The main job of `make demo`: every implemented stage, end to end, on the procedural mini dataset.
+"""The main job of `make demo`: every stage, end to end, on the procedural mini dataset.
 
     python -m utils.demo --data data/mini [--name demo] [--runs-root runs]
+    python -m utils.demo --smoke [--runs-root /tmp/smoke]        # the same chain at tiny sizes (minutes -> seconds)
 
-Each stage runs its own script as a subprocess with its mini config (exactly the command a user would
-type, printed before it runs), so the demo exercises the real entry points. Stages that are not implemented yet
-(the generator stages) are listed and skipped. The evaluations use 5 replications instead of the protocol's 20 to
-keep the demo short; their reports say so. The demo ends by printing where its outputs are.
+Data → evaluator → tokenizer → retriever → masked and residual transformers and the length estimator →
+evaluations (ground truth, reconstructions, retrieval, and a fast text-to-motion one) → three prompts generated.
+Each stage runs its own script as a subprocess with its mini config (exactly the command a user would type, printed
+before it runs), so the demo exercises the real entry points. The evaluations use 5 replications (the generator's
+one, `--fast`) instead of the protocol's 20 to keep the demo short; their reports say so. The demo ends by printing
+where its outputs are: the GIFs, BVHs and summary.json of the generated prompts, and every report.
+
+`--smoke` writes a 60-motion mini dataset into the runs root (unless --data is given) and runs every stage with tiny
+models for a few steps: it checks that the chain works (the end-to-end test uses it), not that it learns.
 """
 from __future__ import annotations
 
@@ -19,6 +25,34 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+DEMO_PROMPTS = ("a person walks forward", "a person jumps up in place", "a man waves his right hand")
+DEMO_LENGTHS = (120, 80, 100)
+
+# Tiny sizes for --smoke: the real classes, a few steps each (the values of tests/tiny_stages.py)
+SMOKE = {
+    "evaluator": ["train.max_steps=4", "train.batch_size=8", "train.val_every=4", "train.ckpt_every=4",
+                  "movement_pretrain_steps=2"],
+    "rvq": ["train.batch_size=4", "train.max_steps=4", "train.val_every=2", "train.ckpt_every=2",
+            "train.warmup_steps=0", "val.max_batches=2", "model.width=32", "model.code_dim=16", "model.nb_code=16",
+            "model.global_width=32", "model.global_code_dim=16", "model.global_nb_code=16", "model.dropout=0.0"],
+    "retriever": ["model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16", "model.latent_dim=16",
+                  "model.text_tiny=true", "model.queue_size=16", "model.frame_pool=1", "train.batch_size=8",
+                  "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2", "retriever.database_batch_size=16"],
+    "mask": ["model.layers=1", "model.heads=2", "model.width=32", "model.ff_dim=64", "train.batch_size=8",
+             "train.max_steps=4", "train.val_every=4", "train.ckpt_every=4", "train.warmup_steps=0",
+             "train.milestones=[100]", "val.max_batches=1", "val.eval_batches=1", "val.eval_batch_size=8",
+             "val.gen_steps=2", "upstream.text.tiny=true"],
+    "residual": ["model.layers=1", "model.heads=2", "model.width=32", "model.ff_dim=64", "model.embed_dim=16",
+                 "train.batch_size=8", "train.max_steps=4", "train.val_every=4", "train.ckpt_every=4",
+                 "train.warmup_steps=0", "train.milestones=[100]", "val.max_batches=1", "val.recon_batches=1",
+                 "upstream.text.tiny=true"],
+    "length_estimator": ["length_model.hidden=[16]", "length_train.batch_size=8", "length_train.max_steps=4",
+                         "length_train.val_every=4", "length_train.ckpt_every=4", "upstream.text.tiny=true"],
+}
+SMOKE_EVAL = ["--fast", "eval.batch_size=8", "eval.diversity_times=8", "eval.mm_batches=1", "eval.mm_repeats=2",
+              "eval.mm_times=1"]
+SMOKE_MOTIONS = 60
+
 
 @dataclass(frozen=True)
 class Step:
@@ -28,29 +62,56 @@ class Step:
     output: str          # what to point the user at, relative to the run root; "{runs}" and "{name}" are filled in
 
 
-def demo_steps(data: str, name: str, runs: str) -> list[Step]:
+def demo_steps(data: str, name: str, runs: str, smoke: bool = False) -> list[Step]:
     """The demo's commands in pipeline order (see README "Training order")."""
     common = ("--name", name, "--runs-root", runs, "--overwrite", f"data.root={data}")
-    return [
+    tiny = (lambda stage: tuple(SMOKE[stage])) if smoke else (lambda stage: ())
+    ckpt = {stage: f"{runs}/{stage}/{name}/checkpoints/best.pt" for stage in ("rvq", "retriever", "mask", "residual")}
+    evaluator = f"{runs}/evaluator/{name}/text_mot_match/model/finest.tar"
+    upstream = (f"upstream.tokenizer={ckpt['rvq']}",)
+    generator_common = (*common, *upstream)
+    eval_common = ("--config", "configs/mini/eval.yaml", "--name", name, "--runs-root", runs, f"data.root={data}",
+                   f"evaluator.path={evaluator}", f"checkpoints.rvq={ckpt['rvq']}",
+                   f"checkpoints.retriever={ckpt['retriever']}", f"checkpoints.mask={ckpt['mask']}",
+                   f"checkpoints.residual={ckpt['residual']}")
+    steps = [
         Step("evaluator (train_evaluator.py)", "train_evaluator.py",
-             ("--config", "configs/mini/evaluator.yaml", *common), "{runs}/evaluator/{name}"),
+             ("--config", "configs/mini/evaluator.yaml", *common, *tiny("evaluator")), "{runs}/evaluator/{name}"),
         Step("tokenizer (train_rvq.py)", "train_rvq.py",
-             ("--config", "configs/mini/rvq.yaml", *common), "{runs}/rvq/{name}"),
+             ("--config", "configs/mini/rvq.yaml", *common, *tiny("rvq")), "{runs}/rvq/{name}"),
         Step("retriever (train_retriever.py)", "train_retriever.py",
-             ("--config", "configs/mini/retriever.yaml", *common), "{runs}/retriever/{name}"),
-        *(Step(f"evaluation: {stage} (eval_t2m.py)", "eval_t2m.py",
-               ("--config", "configs/mini/eval.yaml", "--stage", stage, "--name", name, "--runs-root", runs,
-                "--replications", "5",
-                f"data.root={data}", f"evaluator.path={runs}/evaluator/{name}/text_mot_match/model/finest.tar",
-                f"checkpoints.rvq={runs}/rvq/{name}/checkpoints/best.pt",
-                f"checkpoints.retriever={runs}/retriever/{name}/checkpoints/best.pt"),
-               f"{{runs}}/eval/{{name}}/{stage}/eval.md")
-          for stage in ("gt", "rvq", "retriever")),
+             ("--config", "configs/mini/retriever.yaml", *common, *tiny("retriever")), "{runs}/retriever/{name}"),
+        Step("masked transformer (train_mask_transformer.py)", "train_mask_transformer.py",
+             ("--config", "configs/mini/mask.yaml", *generator_common, f"upstream.retriever={ckpt['retriever']}",
+              f"val.evaluator={evaluator}", *tiny("mask")), "{runs}/mask/{name}"),
+        Step("residual transformer (train_residual.py)", "train_residual.py",
+             ("--config", "configs/mini/residual.yaml", *generator_common, *tiny("residual")),
+             "{runs}/residual/{name}"),
+        Step("length estimator (train_residual.py --length-estimator)", "train_residual.py",
+             ("--config", "configs/mini/residual.yaml", "--length-estimator", *generator_common,
+              *tiny("length_estimator")), "{runs}/length_estimator/{name}"),
     ]
+    for stage in ("gt", "rvq", "retriever", "t2m"):
+        reps = ("--replications", "1" if stage == "t2m" or smoke else "5")
+        fast = SMOKE_EVAL if smoke else (["--fast"] if stage == "t2m" else [])
+        steps.append(Step(f"evaluation: {stage} (eval_t2m.py)", "eval_t2m.py",
+                          ("--stage", stage, *eval_common, *reps, *fast), f"{{runs}}/eval/{{name}}/{stage}/eval.md"))
+    gen = ["--runs-root", runs, "--name", name, "--out", f"{runs}/generate/{name}", "--seed", "0",
+           "--prompts-file", prompts_file(runs, name)]
+    steps.append(Step("generation (generate.py)", "generate.py", tuple(gen), "{runs}/generate/{name}/summary.json"))
+    return steps
 
 
-# Stages of the paper that later issues add to this demo, in pipeline order.
-PENDING = ("train_mask_transformer.py", "train_residual.py", "generate.py")
+def prompts_file(runs: str, name: str) -> str:
+    """The path of the demo's prompts file (`text#length` lines), written by `write_prompts_file`."""
+    return f"{runs}/generate/{name}_prompts.txt"
+
+
+def write_prompts_file(runs: str, name: str) -> Path:
+    path = Path(prompts_file(runs, name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{p}#{n}\n" for p, n in zip(DEMO_PROMPTS, DEMO_LENGTHS)))
+    return path
 
 
 def run_step(step: Step) -> float:
@@ -64,31 +125,42 @@ def run_step(step: Step) -> float:
     return time.perf_counter() - start
 
 
+def smoke_data(runs: str) -> str:
+    """A small mini dataset for --smoke (written once into the runs root)."""
+    from datasets.mini import write_mini_dataset
+
+    out = Path(runs) / "smoke_data"
+    if not (out / "train.txt").is_file():
+        write_mini_dataset(out, num_motions=SMOKE_MOTIONS, seed=0, overwrite=True)
+    return str(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m utils.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/mini", help="mini dataset folder (default: data/mini)")
+    parser.add_argument("--data", default=None, help="mini dataset folder (default: data/mini; --smoke: its own)")
     parser.add_argument("--name", default="demo", help="run name used for every stage (default: demo)")
-    parser.add_argument("--runs-root", default="runs", help="root of the run directories (default: runs)")
+    parser.add_argument("--runs-root", default=None, help="root of the run directories (default: runs; --smoke: "
+                                                          "runs/smoke)")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps each: checks the chain")
     args = parser.parse_args(argv)
-
-    if not (REPO / args.data / "train.txt").exists() and not Path(args.data, "train.txt").exists():
-        raise SystemExit(f"demo: no dataset at '{args.data}' (expected {args.data}/train.txt); "
-                         f"run `python -m datasets.mini --out {args.data}` first.")
+    runs = args.runs_root or ("runs/smoke" if args.smoke else "runs")
+    data = args.data or (smoke_data(runs) if args.smoke else "data/mini")
+    if not (REPO / data / "train.txt").exists() and not Path(data, "train.txt").exists():
+        raise SystemExit(f"demo: no dataset at '{data}' (expected {data}/train.txt); "
+                         f"run `python -m datasets.mini --out {data}` first.")
+    write_prompts_file(runs, args.name)
     total = 0.0
     done = []
-    for step in demo_steps(args.data, args.name, args.runs_root):
-        if not (REPO / step.script).exists():
-            print(f"\n=== {step.title}: {step.script} is not in this checkout yet; skipped")
-            continue
+    for step in demo_steps(data, args.name, runs, smoke=args.smoke):
         total += run_step(step)
         done.append(step)
     print(f"\n=== demo finished in {total:.0f} s")
     for step in done:
-        print(f"  {step.title:32s} -> {step.output.format(runs=args.runs_root, name=args.name)}")
-    missing = [s for s in PENDING if not (REPO / s).exists()]
-    if missing:
-        print("  not yet implemented (later issues): " + ", ".join(missing))
+        print(f"  {step.title:56s} -> {step.output.format(runs=runs, name=args.name)}")
+    gifs = sorted(Path(runs, "generate", args.name).glob("*/motion.gif"))
+    if gifs:
+        print("  animations:\n" + "\n".join(f"    {g}" for g in gifs))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def project_errors() -> tuple[type[BaseException], ...]:
     from datasets.registry import UnknownDatasetError
     from datasets.word_vectorizer import GloveError
     from models.evaluator import EvaluatorLoadError
+    from models.pipeline import PipelineError
     from models.retriever import RetrieverError
     from models.text_encoders import TextEncoderError
     from utils.checkpoint import CheckpointError
@@ -38,10 +39,11 @@ def project_errors() -> tuple[type[BaseException], ...]:
     from utils.prompts import PromptsError
     from utils.bvh import BVHError
     from utils.run_dir import RunDirError
+    from utils.tasks.generator_data import GeneratorDataError
     from utils.training import NonFiniteLossError
 
     return (DatasetError, UnknownDatasetError, GloveError, BVHError, CheckpointError, RetrieverError, TextEncoderError, EvaluatorLoadError, EvaluationError,
-            RunDirError, NonFiniteLossError, PromptsError)
+            RunDirError, NonFiniteLossError, PromptsError, PipelineError, GeneratorDataError)
 
 
 def one_line(err: BaseException) -> str:

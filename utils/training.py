@@ -220,6 +220,11 @@ class TrainTask:
     def setup(self, device: torch.device) -> None:
         """Build the frozen components on `device` (and `model`, if it depends on them). Default: nothing."""
 
+    def resolve_config(self, config: dict) -> dict:
+        """The stage config (plain dict) to save, after `setup`: fill the fields derived from the frozen parts
+        (e.g. the tokenizer's codebook sizes). Default: unchanged."""
+        return config
+
     def upstream(self) -> dict[str, dict[str, str]]:
         """{name: utils.checkpoint.upstream_record(path, fingerprint)} of every checkpoint the stage is trained on."""
         return {}
@@ -323,6 +328,7 @@ class Trainer:
 
         task.device = self.device
         task.setup(self.device)
+        self.config = task.resolve_config(self.config)
         if not isinstance(getattr(task, "model", None), nn.Module):
             raise ValueError(f"{type(task).__name__}.model must be an nn.Module, got "
                              f"{type(getattr(task, 'model', None)).__name__}")

@@ -1,0 +1,243 @@
+"""`ReMoMaskPipeline`: prompts in, motions out. The only place that chains the stages (ARCHITECTURE.md §1).
+
+    pipe = ReMoMaskPipeline.from_checkpoints(mask="runs/mask/demo/checkpoints/best.pt",
+                                             residual="runs/residual/demo/checkpoints/best.pt", device="cpu")
+    out = pipe(["a person walks forward", "someone jumps"], lengths=[120, 80], seed=0)
+    out.joints      # (B, T, J, 3) numpy, metres for HumanML3D; out.lengths frames; out.neighbours retrieval
+
+Built diffusers-style from components already in memory (`tokenizer`, `text_encoder`, `retrieval`, `mask`,
+`residual`, `length_estimator`), so tests use tiny random-weight components and users can swap one. One call:
+1. the text feature of each distinct prompt is computed once and shared by both transformers;
+2. retrieval (the retriever's text path and its database) gives each prompt its nearest training text and motion
+   features (R_t, R_m) and the neighbours' ids, captions and scores, returned so users see what retrieval brought;
+3. lengths: given (frames, floored to a multiple of 4, inside the dataset's range), or drawn by the length estimator;
+4. the masked transformer fills the base layer (RAG classifier-free guidance), the residual transformer the other
+   layers, the tokenizer decodes, and the standard inverse turns features into joints.
+
+Randomness. `seed=s` gives item i (prompts × num_samples, prompt-major) its own generator seeded s + i, and every
+random draw of that item comes from it (`models.sampling.sample_per_item`), so a batch gives the same motions as
+calling the pipeline one prompt at a time with the matching seeds. A `torch.Generator` may be passed instead
+(`generator=`): one stream for the whole batch, faster to set up, but not per-item reproducible.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from datasets.registry import dataset_facts
+from models.text_encoders import check_texts
+
+_MOD = "models/pipeline.py"
+
+
+class PipelineError(ValueError):
+    """Bad arguments or components that do not belong together; the message names them."""
+
+
+@dataclass
+class Neighbour:
+    """One retrieved training example: its motion id, caption and cosine similarity to the prompt."""
+    id: str
+    caption: str
+    score: float
+
+
+@dataclass
+class MotionOutput:
+    """What the pipeline returns for B = len(prompts) · num_samples items (prompt-major).
+
+    features (B, T, D) raw (de-normalised) features, zero past each length; joints (B, T, J, 3) numpy; lengths (B,)
+    frames; tokens (B, T', C, Q) the token map (−1 outside the lengths); prompts (B); seeds (B) (None with a shared
+    generator); neighbours: per item the retrieved examples (empty without retrieval)."""
+    features: Tensor
+    joints: np.ndarray
+    lengths: Tensor
+    tokens: Tensor
+    prompts: list[str]
+    seeds: list[int | None]
+    neighbours: list[list[Neighbour]] = field(default_factory=list)
+
+    def motion(self, i: int) -> np.ndarray:
+        """Joints (lengths[i], J, 3) of item i, cut to its length."""
+        return self.joints[i, :int(self.lengths[i])]
+
+
+@dataclass
+class Retrieval:
+    """The retrieval component: a query encoder (`encode_text(texts) -> (B, 512)`) and its database."""
+    encoder: nn.Module
+    database: object
+    k: int = 1
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]):
+        return self.database.query(self.encoder.encode_text(list(prompts)).float().cpu(), k=self.k)
+
+
+class ReMoMaskPipeline:
+    """Text-to-motion generation with the four stages (module docstring)."""
+
+    def __init__(self, tokenizer, text_encoder: nn.Module, mask: nn.Module, residual: nn.Module,
+                 retrieval: Retrieval | None = None, length_estimator: nn.Module | None = None):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.mask, self.residual = mask.eval(), residual.eval()
+        self.retrieval, self.length_estimator = retrieval, length_estimator
+        if length_estimator is not None:
+            length_estimator.eval()
+        self.dataset = tokenizer.dataset
+        self.facts = dataset_facts(self.dataset)
+        self._check_components()
+
+    # ---- construction ---------------------------------------------------------------------------------------------
+    def _check_components(self) -> None:
+        tok, m, r = self.tokenizer, self.mask.cfg, self.residual.cfg
+        for name, cfg in (("mask", m), ("residual", r)):
+            if cfg.num_columns != tok.num_columns or list(cfg.codebook_sizes) != list(tok.codebook_sizes):
+                raise PipelineError(f"{_MOD}: the {name} transformer expects {cfg.num_columns} columns with codebooks "
+                                    f"{list(cfg.codebook_sizes)}, the tokenizer has {tok.num_columns} with "
+                                    f"{tok.codebook_sizes}")
+        if getattr(r, "num_quantizers", tok.num_quantizers) != tok.num_quantizers:
+            raise PipelineError(f"{_MOD}: the residual transformer predicts {r.num_quantizers} levels, the tokenizer "
+                                f"has {tok.num_quantizers}")
+        width = getattr(self.text_encoder, "out_dim", None)
+        for name, cfg in (("mask", m), ("residual", r)):
+            if width is not None and cfg.text_dim != width:
+                raise PipelineError(f"{_MOD}: the {name} transformer expects {cfg.text_dim}-d text features, the "
+                                    f"text encoder gives {width}")
+        if self.mask.uses_retrieval and self.retrieval is None:
+            raise PipelineError(f"{_MOD}: the masked transformer is conditioned on retrieval (ablation "
+                                f"{m.ablation!r}) but no retrieval component was given")
+
+    @classmethod
+    def from_checkpoints(cls, mask: str | os.PathLike, residual: str | os.PathLike, *,
+                         tokenizer: str | os.PathLike | None = None, retriever: str | os.PathLike | None = None,
+                         database: str | os.PathLike | None = None,
+                         length_estimator: str | os.PathLike | None = None, text_path: str | None = None,
+                         device: str | torch.device = "cpu", allow_mismatch: bool = False) -> "ReMoMaskPipeline":
+        """Load the two transformers and find the tokenizer and the retrieval through their upstream records
+        (explicit paths override). Refuses components that were not trained together, naming the files."""
+        from models.pipeline_loading import load_components
+
+        return cls(**load_components(mask, residual, tokenizer=tokenizer, retriever=retriever, database=database,
+                                     length_estimator=length_estimator, text_path=text_path, device=device,
+                                     allow_mismatch=allow_mismatch))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mask.parameters()).device
+
+    # ---- arguments ---------------------------------------------------------------------------------------------------
+    def check_lengths(self, lengths: Sequence[int]) -> Tensor:
+        """Frames (B,) inside the dataset's range, floored to a multiple of 4; a one-line PipelineError otherwise."""
+        lo, hi, unit = self.facts.min_length, self.facts.pad_length, self.facts.unit_length
+        out = []
+        for v in lengths:
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise PipelineError(f"{_MOD}: argument 'lengths' must hold whole frame counts, got {v!r}")
+            if not lo <= int(v) <= hi:
+                raise PipelineError(f"{_MOD}: length {int(v)} frames is outside the {self.facts.title} range "
+                                    f"[{lo}, {hi}] ({lo / self.facts.fps:.1f}–{hi / self.facts.fps:.1f} s at "
+                                    f"{self.facts.fps:g} fps)")
+            out.append(int(v) // unit * unit)
+        return torch.tensor(out, dtype=torch.long)
+
+    # ---- generation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], lengths: int | Sequence[int] | None = None,
+                 num_samples: int = 1, *, steps: int | None = None, guidance_scale: float | None = None,
+                 residual_guidance_scale: float | None = None, temperature: float | None = None,
+                 topk_ratio: float | None = None, seed: int | Sequence[int] | None = 0,
+                 generator: torch.Generator | None = None, length_mode: str = "sample") -> MotionOutput:
+        """Generate `num_samples` motions per prompt.
+
+        Args:
+            prompts: one string or B_p strings (empty ones are refused)
+            lengths: frames, one for all or one per prompt; None = drawn by the length estimator (`length_mode`
+                "sample" or "argmax")
+            steps, guidance_scale, temperature, topk_ratio: masked-transformer sampling (None = its config's);
+            residual_guidance_scale: the residual transformer's (None = its config's, 5)
+            seed: item i (prompt-major) uses a generator seeded seed + i (batch = one-by-one), or seed[i] for a
+                list of B seeds; ignored when `generator` is given
+        Returns:
+            MotionOutput with B = B_p · num_samples items.
+        """
+        prompts = check_texts([prompts] if isinstance(prompts, str) else list(prompts), f"{_MOD}: prompts")
+        if num_samples < 1:
+            raise PipelineError(f"{_MOD}: argument 'num_samples' must be >= 1, got {num_samples}")
+        items = [p for p in prompts for _ in range(num_samples)]
+        owner = torch.arange(len(prompts)).repeat_interleave(num_samples)            # item -> prompt index
+        device = self.device
+        if generator is not None:
+            gens, seeds = generator, [None] * len(items)
+        elif isinstance(seed, (list, tuple)) or torch.is_tensor(seed):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != len(items):
+                raise PipelineError(f"{_MOD}: argument 'seed' must hold one seed per item ({len(items)}), got "
+                                    f"{len(seeds)}")
+            gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        else:
+            base = 0 if seed is None else int(seed)
+            seeds = [base + i for i in range(len(items))]
+            gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        # 1. text features, once per distinct prompt
+        t = self.text_encoder(list(prompts)).float().to(device)[owner.to(device)]      # (B, D_text)
+        # 2. retrieval
+        r_t = r_m = None
+        neighbours: list[list[Neighbour]] = [[] for _ in items]
+        if self.retrieval is not None and self.mask.uses_retrieval:
+            res = self.retrieval(prompts)
+            r_t, r_m = res.r_t.to(device)[owner.to(device)], res.r_m.to(device)[owner.to(device)]
+            db = self.retrieval.database
+            per_prompt = [[Neighbour(db.motion_ids[int(j)], db.captions[int(j)], float(s))
+                           for j, s in zip(res.indices[p].tolist(), res.scores[p].tolist())]
+                          for p in range(len(prompts))]
+            neighbours = [per_prompt[int(o)] for o in owner]
+        # 3. lengths
+        frames = self._lengths(lengths, len(prompts), owner, t, gens, length_mode)
+        steps_t = frames // self.tokenizer.downsample
+        # 4. base layer, residual layers, decode
+        base = self.mask.generate(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
+                                  topk_ratio=topk_ratio, temperature=temperature, generator=gens)
+        tokens = self.residual.generate(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
+                                        generator=gens)
+        raw = self._decode(tokens, steps_t)                                              # (B, 4T', D) CPU
+        valid = torch.arange(raw.shape[1])[None, :] < frames[:, None]
+        from datasets.representation import features_to_joints
+
+        joints = np.asarray(features_to_joints(raw, dataset=self.dataset))
+        joints = joints * valid.cpu().numpy()[..., None, None]
+        return MotionOutput(features=raw, joints=joints, lengths=frames, tokens=tokens.cpu(), prompts=items,
+                            seeds=seeds, neighbours=neighbours)
+
+    def _decode(self, tokens: Tensor, steps: Tensor) -> Tensor:
+        """Decode each item at its own length (items of equal length together), zero past it: the convolutional
+        decoder then never sees another item's padding, so an item decodes the same in any batch."""
+        b, tp = tokens.shape[:2]
+        down = self.tokenizer.downsample
+        raw = torch.zeros(b, tp * down, self.facts.dim)
+        for n in torch.unique(steps).tolist():
+            rows = (steps == n).nonzero().flatten()
+            raw[rows, :n * down] = self.tokenizer.decode(tokens[rows.to(tokens.device), :n]).float().cpu()
+        return raw
+
+    def _lengths(self, lengths, num_prompts: int, owner: Tensor, t: Tensor, gens, mode: str) -> Tensor:
+        if lengths is not None:
+            values = [lengths] * num_prompts if isinstance(lengths, (int, np.integer, float)) else list(lengths)
+            if len(values) != num_prompts:
+                raise PipelineError(f"{_MOD}: argument 'lengths' must hold one length or one per prompt "
+                                    f"({num_prompts}), got {len(values)}")
+            return self.check_lengths(values)[owner]
+        if self.length_estimator is None:
+            raise PipelineError(f"{_MOD}: no lengths given and no length estimator loaded; pass lengths (frames) or "
+                                f"a length estimator checkpoint")
+        if isinstance(gens, (list, tuple)):
+            frames = torch.cat([self.length_estimator.predict(t[i:i + 1], mode=mode, generator=g)
+                                for i, g in enumerate(gens)])
+        else:
+            frames = self.length_estimator.predict(t, mode=mode, generator=gens)
+        return frames.long().cpu()
