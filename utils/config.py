@@ -488,9 +488,11 @@ def writable_problem(path: str | os.PathLike, what: str) -> str | None:
 
 def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argparse.Namespace, cfg: Any) -> None:
     """The run dir checks of `load_stage_config`, before any work (exit 2 through `parser.error`): the folder is
-    writable, an existing run is not clobbered without --resume / --overwrite, and a --resume changes only the keys
-    utils.run_dir.RESUME_CHANGEABLE allows (compared with the config stored in last.pt). Rank 0 only. A script
-    that adjusts its config after loading (train_evaluator.py) calls it itself with the adjusted config."""
+    writable, an existing run is not clobbered without --resume / --overwrite, and a --resume override changes only
+    keys utils.run_dir.RESUME_CHANGEABLE allows (compared with the config stored in last.pt; only the overridden keys,
+    since a task may still fill derived fields, e.g. the generator's token-map sizes; the Trainer compares the whole
+    resolved config when it loads last.pt). Rank 0 only. A script that adjusts its config after loading
+    (train_evaluator.py) calls it itself with the adjusted config."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     from utils.run_dir import run_dir_problem
@@ -505,8 +507,9 @@ def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argpa
         saved = _checkpoint_config(last)
         if saved is not None:
             from utils.run_dir import check_resume_config
+            keys = [parse_override(text)[0] for text in getattr(args, "overrides", ())]
             try:
-                check_resume_config(saved, to_dict(cfg), str(last))
+                check_resume_config(saved, to_dict(cfg), str(last), only=keys)
             except ConfigError as err:
                 parser.error(str(err))
 

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 log = logging.getLogger("remomask.run_dir")
 
@@ -182,12 +182,16 @@ RESUME_CHANGEABLE = (
 )
 
 
-def check_resume_config(saved: dict, new: dict, source: str) -> list[str]:
+def check_resume_config(saved: dict, new: dict, source: str, only: Iterable[str] | None = None) -> list[str]:
     """Refuse a resume whose config changes a key outside RESUME_CHANGEABLE (ConfigError naming the key, both values
     and `source`, the checkpoint it is compared with). Returns the allowed changes as "key: old -> new" lines. A key
-    missing from `saved` (written before the key existed) is not compared."""
+    missing from `saved` (written before the key existed) is not compared. `only`: compare just these dotted keys
+    (and the keys under them), e.g. the command line's overrides before a task has resolved its derived fields."""
+    prefixes = None if only is None else tuple(only)
     changed = []
     for key, old, value in _diff_leaves(saved, new):
+        if prefixes is not None and not any(key == p or key.startswith(p + ".") for p in prefixes):
+            continue
         if key in RESUME_CHANGEABLE:
             changed.append(f"{key}: {old!r} -> {value!r}")
             continue
