@@ -233,11 +233,11 @@ def test_eval_t2m_gt_stage_writes_report(mini_root, tmp_path):
     assert "mini dataset" in md and "NOT COMPARABLE" in md            # 2 replications, batch 4
 
 
-def test_eval_t2m_generator_stage_is_not_implemented(capsys):
+def test_eval_t2m_generator_stage_names_its_missing_checkpoint(tmp_path):
     import eval_t2m
 
-    assert eval_t2m.main(["--stage", "t2m"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--stage mask: checkpoint .*mask.* not found"):
+        eval_t2m.main(["--stage", "t2m", "--runs-root", str(tmp_path), "checkpoints.mask=", "device=cpu"])
 
 
 @pytest.mark.parametrize("flags, message", [
