@@ -171,7 +171,8 @@ class RunDir:
 
 # Keys a --resume may change, each because the resumed run really uses the new value: the loop reads them every step
 # (step budget, frequencies, clipping, loader workers, device), the Trainer re-applies train.lr to the restored
-# optimizer and scheduler, and the scripts read the rest after loading (data location, after-training steps). Every
+# optimizer and scheduler, and the scripts read the rest after loading (data location, after-training steps). The
+# generator stages' upstream paths may move: the Trainer checks the weights they hold by fingerprint. Every
 # other key (model.*, data.* but root, seed, batch size, optimizer and schedule shape, loss weights, ...) defines the
 # run: changing it on resume is refused (`check_resume_config`), since the restored state would silently keep the old
 # value while config.yaml recorded the new one.
@@ -179,6 +180,8 @@ RESUME_CHANGEABLE = (
     "train.max_steps", "train.epochs", "train.lr", "train.grad_clip", "train.log_every", "train.val_every",
     "train.val_every_epochs", "train.ckpt_every", "train.num_workers", "train.device",
     "data.root", "val.render", "retriever.build_database", "retriever.final_eval", "retriever.database_batch_size",
+    "upstream.tokenizer", "upstream.retriever", "upstream.database", "upstream.cache_dir", "upstream.encode_batch_size",
+    "val.sample_prompts", "val.sample_lengths",
 )
 
 

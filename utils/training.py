@@ -599,9 +599,9 @@ class Trainer:
     def _resume(self, path) -> None:
         task = self.task
         ckpt = load_checkpoint(path, stage=task.stage, map_location="cpu")
+        for name, rec in task.upstream().items():          # other upstream weights first: the cause of any drift
+            check_upstream(path, ckpt, name, rec["path"], rec["fingerprint"])     # of the fields derived from them
         changed = check_resume_config(ckpt.get("config") or {}, self.config, str(path))
-        for name, rec in task.upstream().items():
-            check_upstream(path, ckpt, name, rec["path"], rec["fingerprint"])
         load_model_state(task.model, ckpt["model"], path)
         if task.ema is not None and ckpt.get("ema") is not None:
             load_model_state(task.ema, ckpt["ema"], path)
