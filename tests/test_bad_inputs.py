@@ -324,11 +324,12 @@ def test_mini_dataset_cli_checks_its_output_paths_before_generating(tmp_path, ca
     assert "--preview" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, "datasets.mini", "utils.plot"])
+@pytest.mark.parametrize("script", [*SCRIPTS, "generate.py", "train_mask_transformer.py", "train_residual.py",
+                                    "datasets.mini", "utils.plot"])
 def test_help_cites_the_paper_or_the_reference_code_not_internal_notes(script, capsys):
     import importlib
 
-    main = SCRIPTS.get(script) or importlib.import_module(script).main
+    main = SCRIPTS.get(script) or importlib.import_module(script.removesuffix(".py")).main
     with pytest.raises(SystemExit) as ex:
         main(["--help"])
     assert ex.value.code == 0
@@ -336,7 +337,7 @@ def test_help_cites_the_paper_or_the_reference_code_not_internal_notes(script, c
     assert len(out) > 300
     for internal in ("reference.md", "reference §", "paper.md"):
         assert internal not in out, f"{script} --help cites {internal!r}"
-    if script.endswith(".py") and script != "eval_t2m.py":
+    if script.endswith(".py"):
         assert "--debug" in out
 
 
@@ -380,3 +381,12 @@ def test_resume_from_a_corrupt_last_checkpoint_is_one_line(finished_rvq_run, min
     line = last_line(err)
     assert line.startswith(f"train_rvq.py: checkpoint {last} (1000 bytes) is truncated or corrupt")
     assert "use another checkpoint (e.g. best.pt)" in line
+
+
+@pytest.mark.parametrize("script", ["train_rvq.py", "train_retriever.py", "train_evaluator.py", "eval_t2m.py",
+                                    "generate.py", "train_mask_transformer.py", "train_residual.py"])
+def test_every_script_exits_through_run_script(script):
+    from tests.conftest import REPO_ROOT
+
+    tail = (REPO_ROOT / script).read_text().rstrip().splitlines()[-1]
+    assert tail.strip() == f'sys.exit(run_script(main, prog="{script}"))'
