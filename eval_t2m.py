@@ -93,7 +93,16 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
     if args.fast:
         flags.append("eval.fast=true")
     cfg = load_stage_config(parser, EvalStageConfig, "eval", args, extra_overrides=flags, check_run_dir=False)
+    from utils.config import writable_problem     # the report folder must be writable before hours of replications
+    problem = writable_problem(report_dir(args), "report folder")
+    if problem:
+        parser.error(problem)
     return cfg, args
+
+
+def report_dir(args) -> Path:
+    """<runs-root>/eval/<name>/<stage>: where eval.json / eval.md go."""
+    return Path(args.runs_root) / "eval" / args.name / args.stage
 
 
 def evaluator_path(cfg: EvalStageConfig) -> str:
@@ -137,7 +146,7 @@ def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     ecfg = dataclasses.replace(_deterministic(cfg.eval), mask_beyond_length=True)   # exactly the GT path
     report = evaluate_t2m(ground_truth, eval_set, evaluator, ecfg, label="ground truth (as generation)")
     report["requested_config"] = asdict(cfg.eval)
-    write_report(report, out_dir, stage="gt", checkpoints={}, run_config=to_dict(cfg), split=cfg.split,
+    write_report(report, out_dir, echo=True, stage="gt", checkpoints={}, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
     return report
 
@@ -173,7 +182,7 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         report = evaluator_skipped_report(_deterministic(cfg.eval), reason, label="rvq reconstruction")
         recon = evaluate_reconstruction(tok, split=cfg.split, device=device,
                                         dataset=build_dataset(cfg.data, cfg.split, "text", stats))
-        write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
+        write_report(report, out_dir, echo=True, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
                      split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)
         return report
     evaluator = load_evaluator(cfg, device)
@@ -187,20 +196,27 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
     report["requested_config"] = asdict(cfg.eval)
     recon = evaluate_reconstruction(tok, split=cfg.split, evaluator=evaluator, device=device, dataset=eval_set)
-    write_report(report, out_dir, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg), split=cfg.split,
-                 dataset_note=_dataset_note(cfg), extra_metrics=recon)
+    write_report(report, out_dir, echo=True, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
+                 split=cfg.split, dataset_note=_dataset_note(cfg), extra_metrics=recon)
     return report
 
 
 def run_retriever(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     from utils.evaluation import write_table_report
-    from utils.tasks.retriever import evaluate_retriever
+    from utils.tasks.retriever import evaluate_retriever, guo_skip_reason
 
     ckpt = _checkpoint(cfg.checkpoints.retriever, "retriever", args)
-    result = evaluate_retriever(ckpt, cfg.data, split=cfg.split, protocols=tuple(cfg.retrieval_protocols),
-                                device=str(device))
+    protocols = tuple(cfg.retrieval_protocols)
+    skipped = guo_skip_reason(ckpt, cfg.data, cfg.split) if "guo" in protocols else None
+    if skipped:                     # as train_retriever.py's retrieval_val report does for the same split
+        print(f"eval_t2m.py: protocol guo skipped: {skipped}", file=sys.stderr)
+        protocols = tuple(p for p in protocols if p != "guo")
+    result = evaluate_retriever(ckpt, cfg.data, split=cfg.split, protocols=protocols,
+                                device=str(device)) if protocols else {}
+    if skipped:
+        result["guo"] = f"skipped ({skipped})"
     write_table_report(result, out_dir, stage="retriever", checkpoints={"retriever": ckpt}, run_config=to_dict(cfg),
-                       split=cfg.split, dataset_note=_dataset_note(cfg))
+                       split=cfg.split, dataset_note=_dataset_note(cfg), echo=True)
     return result
 
 
@@ -248,7 +264,7 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         checkpoints["retriever"] = getattr(pipe.retrieval.encoder, "path", "")
     if length:
         checkpoints["length_estimator"] = length
-    write_report(report, out_dir, stage="t2m", checkpoints=checkpoints, run_config=to_dict(cfg), split=cfg.split,
+    write_report(report, out_dir, echo=True, stage="t2m", checkpoints=checkpoints, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
     return report
 
@@ -291,18 +307,23 @@ def main(argv=None) -> int:
     cfg, args = parse_args(argv)
     from utils.training import select_device
 
+    from utils.script import one_line, project_errors
+
     device = select_device(cfg.device)
-    out_dir = Path(args.runs_root) / "eval" / args.name / args.stage
+    out_dir = report_dir(args)
     runner = {"gt": run_gt, "rvq": run_rvq, "retriever": run_retriever, "t2m": run_t2m}[args.stage]
     try:
-        runner(cfg, args, device, out_dir)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"eval_t2m.py: {e}", file=sys.stderr)
+        runner(cfg, args, device, out_dir)       # prints the table, then writes it
+    except (*project_errors(), OSError) as e:
+        if args.debug:
+            raise
+        print(f"eval_t2m.py: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"eval_t2m.py: wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
-    print((out_dir / "eval.md").read_text())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="eval_t2m.py"))

@@ -3,7 +3,7 @@
     python train_evaluator.py                                   # mini dataset, configs/mini/evaluator.yaml
     python train_evaluator.py --config configs/humanml3d/evaluator.yaml data.root=data/HumanML3D
 
-Recipe of reference.md §3.5 (contrastive loss, margin 10, shifted negatives; Adam 1e-4; batch 32; clip 0.5); the
+Recipe of the evaluator training code of Guo et al. 2022 (contrastive loss, margin 10, shifted negatives; Adam 1e-4; batch 32; clip 0.5); the
 movement encoder is first pre-trained with a reconstruction head and frozen (loss.movement_mode=pretrain) or trained
 jointly (joint). Writes runs/evaluator/<name>/ (config.yaml, checkpoints/, tb/) and the official layout
 runs/evaluator/<name>/text_mot_match/{model/finest.tar, meta/{mean,std}.npy, opt.txt}, which
@@ -19,14 +19,17 @@ import sys
 def main(argv=None) -> int:
     from datasets.motion_dataset import build_dataset, collate
     from utils import distributed
-    from utils.config import save_config, stage_cli
+    from utils.config import check_stage_run_dir, load_stage_config, save_config, stage_parser
     from utils.run_dir import RunDir
     from utils.tasks.evaluator import (EvaluatorStageConfig, EvaluatorTask, pretrain_movement_encoder,
                                        replace_model_dim)
     from utils.training import Trainer, seed_everything, select_device
 
-    cfg, args = stage_cli(EvaluatorStageConfig, "evaluator", argv, description=__doc__)   # every setting checked
+    parser = stage_parser(EvaluatorStageConfig, "evaluator", argv, description=__doc__)
+    args = parser.parse_args(argv)
+    cfg = load_stage_config(parser, EvaluatorStageConfig, "evaluator", args, check_run_dir=False)  # every setting
     cfg = replace_model_dim(cfg)
+    check_stage_run_dir(parser, "evaluator", args, cfg)      # a --resume is compared with the adjusted config
     seed_everything(cfg.train.seed)
     device = select_device(cfg.train.device)
 
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
     # the folder is created only now, when nothing that the config or the data can refuse is left
     run = RunDir("evaluator", args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
     main_rank = distributed.is_main_process()
-    if cfg.loss.movement_mode == "pretrain" and args.resume:
+    if cfg.loss.movement_mode == "pretrain" and run.resuming:
         task.model.freeze_movement()          # pre-trained before the first run; the optimizer excludes it
     elif cfg.loss.movement_mode == "pretrain":
         if main_rank:
@@ -84,4 +87,6 @@ def after_training(run, cfg, mean, std):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="train_evaluator.py"))

@@ -43,4 +43,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="train_mask_transformer.py"))

@@ -16,6 +16,8 @@ which is not text-to-motion quality. Outputs go to runs/residual/<name>/ (runs/l
 """
 from __future__ import annotations
 
+import sys
+
 from utils.config import load_stage_config, stage_parser
 from utils.run_dir import RunDir
 from utils.tasks.generator_data import GeneratorDataset, collate_generator
@@ -46,4 +48,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="train_residual.py"))

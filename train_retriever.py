@@ -19,10 +19,10 @@ import sys
 
 from datasets.motion_dataset import build_dataset, collate
 from utils import distributed
-from utils.config import load_stage_config, stage_parser
+from utils.config import ConfigError, load_stage_config, stage_parser
 from utils.run_dir import RunDir
-from utils.tasks.retriever import (RetrieverStageConfig, RetrieverTask, build_database, load_retriever,
-                                   write_retrieval_report)
+from utils.tasks.retriever import (RetrieverStageConfig, RetrieverTask, build_database, check_stage_paths,
+                                   load_retriever, write_retrieval_report)
 from utils.training import Trainer, configure_logging, seed_everything, select_device
 
 
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="split the --build-db database is built from (default: train)")
     args = parser.parse_args(argv)
     cfg = load_stage_config(parser, RetrieverStageConfig, "retriever", args, check_run_dir=not args.build_db)
+    if not args.build_db:
+        try:
+            check_stage_paths(cfg)
+        except ConfigError as err:
+            parser.error(str(err))
     configure_logging()
     if args.build_db:
         if distributed.is_main_process():
@@ -78,4 +83,6 @@ def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu", 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.script import run_script
+
+    sys.exit(run_script(main, prog="train_retriever.py"))

@@ -11,10 +11,13 @@ checkpoints/{last,best}.pt, tensorboard events (tb/), and recon.png, a val motio
 """
 from __future__ import annotations
 
-from datasets.motion_dataset import build_dataset, collate
+import sys
+
+from datasets.motion_dataset import DatasetError, build_dataset, collate
 from utils import distributed
 from utils.config import stage_cli
 from utils.run_dir import RunDir
+from utils.script import one_line, run_script
 from utils.tasks.rvq import RVQStageConfig, RVQTask, render_val_example, validation_windows
 from utils.training import Trainer, seed_everything
 
@@ -35,11 +38,16 @@ def after_training(run: RunDir, cfg: RVQStageConfig):
     """Rank 0 only (the Trainer has ended the process group): render a val motion next to its reconstruction."""
     if not distributed.is_main_process() or not cfg.val.render:
         return None
-    png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
+    try:
+        png = render_val_example(run.final_checkpoint, cfg.data, run.path / "recon.png")
+    except DatasetError as err:     # e.g. no val motion has a caption: the training itself succeeded
+        print(f"train_rvq.py: warning: recon.png not drawn ({one_line(err)}); set val.render=false to skip it",
+              file=sys.stderr)
+        return None
     if png is not None:
         print(f"train_rvq.py: reconstruction of a val motion: {png}")
     return png
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, prog="train_rvq.py"))

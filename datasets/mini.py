@@ -895,12 +895,38 @@ def make_motion(seed: int, index: int) -> MiniMotion:
 _MIRROR_WORDS = {"left": "right", "right": "left", "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
 
 
+def _mirror_word(word: str) -> str:
+    """left <-> right, clockwise <-> counterclockwise, keeping a capital first letter ("Left" -> "Right")."""
+    swapped = _MIRROR_WORDS.get(word.lower())
+    if swapped is None:
+        return word
+    return swapped.capitalize() if word[:1].isupper() else swapped
+
+
+def mirror_tokens(tokens: str) -> str:
+    """The POS-token field of a text line (`word/POS ...`) for the mirrored motion: each token's word mirrored."""
+    out = []
+    for tok in tokens.split(" "):
+        word, sep, pos = tok.partition("/")
+        out.append(_mirror_word(word) + sep + pos)
+    return " ".join(out)
+
+
 def mirror_caption(caption: str) -> str:
-    """The caption of the left/right mirrored motion: left <-> right, clockwise <-> counterclockwise."""
+    """The caption of the left/right mirrored motion: left <-> right, clockwise <-> counterclockwise.
+
+    Given a whole text line `caption#tokens#start#end`, the POS tokens are mirrored too (and start/end kept), so the
+    line stays consistent with its caption."""
+    if "#" in caption:
+        fields = caption.split("#")
+        fields[0] = mirror_caption(fields[0])
+        if len(fields) > 1:
+            fields[1] = mirror_tokens(fields[1])
+        return "#".join(fields)
     out = []
     for raw in caption.split(" "):
         core = raw.rstrip(".,")
-        out.append(_MIRROR_WORDS.get(core, core) + raw[len(core):])
+        out.append(_mirror_word(core) + raw[len(core):])
     return " ".join(out)
 
 
@@ -1098,12 +1124,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes building motions (default 1; the output is identical for any value)")
     args = parser.parse_args(argv)
+    from utils.config import writable_problem
+
+    problem = writable_problem(args.out, "--out folder")      # before minutes of generation
+    if problem is None and args.preview and Path(args.preview).suffix.lower() not in (".png", ".jpg", ".jpeg",
+                                                                                     ".pdf", ".svg"):
+        problem = f"--preview {args.preview}: expected an image file name (.png, .jpg, .jpeg, .pdf or .svg)"
+    if problem is None and args.preview:
+        problem = writable_problem(Path(args.preview).parent, "--preview folder")
+    if problem:
+        print(f"python -m datasets.mini: error: {problem}", file=sys.stderr)
+        return 2
     try:
         s = write_mini_dataset(args.out, args.num_motions, args.seed, args.overwrite, progress=True,
                                workers=args.workers, mirror=args.mirror)
     except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"python -m datasets.mini: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"python -m datasets.mini: error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"wrote {s.num_motions} motions, {s.captions} captions to {s.out} in {s.seconds:.1f} s")
     print("families: " + ", ".join(f"{k} {v}" for k, v in s.families.items()))
     print("splits: " + ", ".join(f"{k} {v}" for k, v in s.splits.items()) + f"; vocabulary {s.vocabulary} words")

@@ -30,7 +30,9 @@ reference's `max_epoch` does (HumanML3D train: of the order of 1.5M windows, ~6k
 epoch; the trainer logs the exact count).
 
 Cache. `MotionCorpus.load` keeps a single `<root>/.cache/<split>.<dataset>.min<min>.npz` (motions, raw texts, skip
-records), keyed by a signature of the split file's and of every listed data file's size and mtime. It is used only
+records), keyed by a signature of the listed ids, of the split file's and every listed data file's size, mtime, inode
+and ctime, and of a digest of each data file's first and last 4 KiB (a cheap content check: a file replaced with
+the same size and mtime is noticed). It is used only
 when the signature matches, rebuilt automatically when stale, and written atomically (temp file + `os.replace`);
 an unwritable root only logs a warning.
 
@@ -50,7 +52,7 @@ skipped ..." at the end of every load):
 - an empty text file (no caption lines)     -> no text entries, counted "empty_text"
 - a sub-clip outside [min, 200)             -> counted "subclip_out_of_range" (reference)
 - an id listed twice in a split file        -> counted "duplicate_id"
-Blank lines in split and text files are ignored.
+Blank lines in split and text files are ignored, and so is a UTF-8 byte-order mark at the start of either.
 
 Item randomness (caption choice, crop length, crop start; "window" items are fixed, the sampler shuffles them)
 comes from a generator derived from (seed, epoch, index) alone, never from global state: item i of epoch e is the
@@ -247,12 +249,16 @@ def _tag(value: str, path: str, lineno: int, line: str, what: str) -> float:
     except ValueError:
         raise DatasetError(f"{_MOD}: {path} line {lineno}: expected a number of seconds as {what}, "
                            f"got {value!r} in {line!r}") from None
+    if np.isinf(x):     # would overflow the frame index; NaN reads as 0 (whole clip), as in the reference
+        raise DatasetError(f"{_MOD}: {path} line {lineno}: expected a finite number of seconds as {what}, "
+                           f"got {value!r} in {line!r}")
     return 0.0 if np.isnan(x) else x
 
 
 def parse_captions(text: str, path: str) -> list[Caption]:
     """Parse a text file's content; `path` is only used in error messages. Blank lines are ignored."""
     captions = []
+    text = text.removeprefix("\ufeff")      # a UTF-8 byte-order mark is not part of the first caption
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -448,7 +454,7 @@ def _read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
         raise DatasetFileNotFoundError(f"{_MOD}: split file {path} is missing (expected one id per line); "
                                        f"split files in {root}: {have or 'none'}")
     ids, seen, dups = [], set(), []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
         mid = line.strip()
         if not mid:
             continue
@@ -467,7 +473,8 @@ def _signature(root: Path, split: str, ids: Sequence[str], spec: DatasetSpec) ->
     h = hashlib.sha1()
     h.update(f"{CACHE_VERSION}|{spec.name}|{spec.dim}|{spec.min_length}|".encode())
     st = os.stat(root / f"{split}.txt")
-    h.update(f"{st.st_size}|{st.st_mtime_ns}|".encode())
+    h.update(f"{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|".encode())
+    h.update("\n".join(ids).encode())
     missing = []
     for mid in ids:
         for sub, ext in (("new_joint_vecs", ".npy"), ("texts", ".txt")):
@@ -477,13 +484,28 @@ def _signature(root: Path, split: str, ids: Sequence[str], spec: DatasetSpec) ->
             except FileNotFoundError:
                 missing.append(f"{sub}/{mid}{ext}")
                 continue
-            h.update(f"{st.st_size}|{st.st_mtime_ns}|".encode())
+            h.update(f"{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|".encode())
+            h.update(_content_sample(p, st.st_size))
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise DatasetFileNotFoundError(
             f"{_MOD}: {root / (split + '.txt')} lists {len(missing)} id(s) whose files are missing under {root}: "
             f"{', '.join(missing[:5])}{more} (expected new_joint_vecs/<id>.npy and texts/<id>.txt for every id)")
     return h.hexdigest()
+
+
+_SAMPLE = 4096
+
+
+def _content_sample(path: Path, size: int) -> bytes:
+    """A cheap content check for the cache signature: a digest of the first and last 4 KiB (the whole of a small
+    file, e.g. every caption file), so a file replaced with the same size and mtime is still noticed."""
+    with open(path, "rb") as f:
+        head = f.read(_SAMPLE)
+        if size > 2 * _SAMPLE:
+            f.seek(size - _SAMPLE)
+        tail = f.read(_SAMPLE) if size > _SAMPLE else b""
+    return hashlib.sha1(head + tail).digest()
 
 
 def _read_files(root: Path, ids: Sequence[str], spec: DatasetSpec):
@@ -615,6 +637,12 @@ class MotionTextDataset(Dataset):
                 raise DatasetError(f"{_MOD}: data.window_size must be >= 1, got {cfg.window_size}")
             lengths = corpus.lengths
             self.motion_indices = np.flatnonzero(lengths >= cfg.window_size)
+            self.short_for_window = [corpus.ids[i] for i in np.flatnonzero(lengths < cfg.window_size)]
+            if self.short_for_window:       # loaded motions (>= the minimum length) that give no tokenizer window
+                log.warning("%s/%s: %d of %d motions are shorter than data.window_size=%d frames and give no "
+                            "tokenizer window: %s%s", corpus.root, corpus.split, len(self.short_for_window),
+                            len(lengths), cfg.window_size, ", ".join(self.short_for_window[:5]),
+                            f" (+{len(self.short_for_window) - 5} more)" if len(self.short_for_window) > 5 else "")
             self.entries: list[Entry] = []
             if len(self.motion_indices) == 0:
                 raise DatasetError(f"{_MOD}: {corpus.root}/{corpus.split}.txt: no motion has at least "

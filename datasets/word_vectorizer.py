@@ -22,6 +22,14 @@ import numpy as np
 
 from utils.atomic import atomic_write_bytes
 
+
+class GloveError(ValueError):
+    """A GloVe folder (our_vab_*) whose files are missing, unreadable or inconsistent; the message names the file."""
+
+
+class GloveFileNotFoundError(GloveError, FileNotFoundError):
+    """The GloVe folder or one of its three files does not exist."""
+
 # reference.md §3.4: the 15 POS categories of the evaluator, in one-hot order.
 POS_ENUMERATOR: dict[str, int] = {
     "VERB": 0, "NOUN": 1, "DET": 2, "ADP": 3, "NUM": 4, "AUX": 5, "PRON": 6, "ADJ": 7, "ADV": 8,
@@ -64,9 +72,9 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def _check_plain(obj, source: str, depth: int = 0) -> None:
     if depth > 4:
-        raise ValueError(f"{source}: nesting too deep; expected a flat list or dict")
+        raise GloveError(f"{source}: nesting too deep; expected a flat list or dict")
     if isinstance(obj, bool) or not isinstance(obj, (list, dict, str, int)):
-        raise ValueError(f"{source}: found a {type(obj).__name__}; only plain lists, dicts, strings and ints "
+        raise GloveError(f"{source}: found a {type(obj).__name__}; only plain lists, dicts, strings and ints "
                          "are allowed")
     if isinstance(obj, list):
         for item in obj:
@@ -84,9 +92,9 @@ def load_plain_pickle(path: str | os.PathLike):
     try:
         obj = _PlainUnpickler(io.BytesIO(data), str(path)).load()
     except pickle.UnpicklingError as err:
-        raise ValueError(str(err)) from None
+        raise GloveError(str(err)) from None
     except Exception as err:  # truncated / not a pickle
-        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
+        raise GloveError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
     _check_plain(obj, str(path))
     return obj
 
@@ -110,26 +118,26 @@ class WordVectorizer:
                     f"{idx_p.name} (dict word -> row), as shipped in the evaluator's glove/ folder; "
                     "`python -m datasets.mini --out data/mini` writes one for the mini dataset")
         if not glove_dir.is_dir():
-            raise FileNotFoundError(f"GloVe folder {glove_dir} does not exist; {expected}")
+            raise GloveFileNotFoundError(f"GloVe folder {glove_dir} does not exist; {expected}")
         for p in (data_p, words_p, idx_p):
             if not p.is_file():
-                raise FileNotFoundError(f"GloVe folder {glove_dir}: missing {p.name}; {expected}")
+                raise GloveFileNotFoundError(f"GloVe folder {glove_dir}: missing {p.name}; {expected}")
         vectors = np.load(data_p, allow_pickle=False)
         words = load_plain_pickle(words_p)
         word2idx = load_plain_pickle(idx_p)
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise ValueError(f"{words_p}: expected a list of strings, found {type(words).__name__}")
+            raise GloveError(f"{words_p}: expected a list of strings, found {type(words).__name__}")
         if not isinstance(word2idx, dict) or not all(isinstance(k, str) and isinstance(v, int)
                                                      for k, v in word2idx.items()):
-            raise ValueError(f"{idx_p}: expected a dict str -> int, found {type(word2idx).__name__}")
+            raise GloveError(f"{idx_p}: expected a dict str -> int, found {type(word2idx).__name__}")
         if vectors.ndim != 2 or vectors.shape[0] < len(words):
-            raise ValueError(f"{data_p}: expected shape ({len(words)}, D) to match {words_p.name}, "
+            raise GloveError(f"{data_p}: expected shape ({len(words)}, D) to match {words_p.name}, "
                              f"found {vectors.shape}")
         bad = [w for w in words if w not in word2idx or not 0 <= word2idx[w] < vectors.shape[0]]
         if bad:
-            raise ValueError(f"{idx_p}: {len(bad)} word(s) of {words_p.name} have no valid row, e.g. {bad[:3]}")
+            raise GloveError(f"{idx_p}: {len(bad)} word(s) of {words_p.name} have no valid row, e.g. {bad[:3]}")
         if not {"sos", "eos", "unk"} <= set(words):
-            raise ValueError(f"{words_p}: the vocabulary lacks sos / eos / unk (rows 0-2 must be sos, eos, unk)")
+            raise GloveError(f"{words_p}: the vocabulary lacks sos / eos / unk (rows 0-2 must be sos, eos, unk)")
         self.glove_dir = glove_dir
         self.vectors = vectors
         self.words = words

@@ -177,10 +177,12 @@ def test_run_dir_layout(tmp_path):
 def test_second_run_with_same_name_is_refused(tmp_path):
     run = RunDir("rvq", "mini", root=tmp_path)
     run.config_path.write_text("x: 1\n")
+    save(run.best)
     with pytest.raises(RunDirError) as err:
         RunDir("rvq", "mini", root=tmp_path)
     assert str(run.path) in str(err.value) and "--resume" in str(err.value) and "--overwrite" in str(err.value)
-    assert run.config_path.read_text() == "x: 1\n"       # nothing lost
+    assert "(best.pt)" in str(err.value)
+    assert run.config_path.read_text() == "x: 1\n" and run.best.is_file()       # nothing lost
 
 
 def test_overwrite_deletes_the_old_run(tmp_path):
@@ -190,14 +192,16 @@ def test_overwrite_deletes_the_old_run(tmp_path):
     assert not run.last.exists() and run.ckpt_dir.is_dir()
 
 
-def test_resume_needs_last_checkpoint(tmp_path):
-    with pytest.raises(RunDirError, match=r"--resume.*last\.pt.*no such run"):
-        RunDir("rvq", "mini", root=tmp_path, resume=True)
-    run = RunDir("rvq", "mini", root=tmp_path)
-    with pytest.raises(RunDirError, match="has no last.pt"):
-        RunDir("rvq", "mini", root=tmp_path, resume=True)
+def test_resume_without_last_checkpoint_starts_from_step_zero_with_a_warning(tmp_path, caplog):
+    run = RunDir("rvq", "mini", root=tmp_path, resume=True)          # no such run: a fresh start
+    assert run.resume and not run.resuming and run.ckpt_dir.is_dir()
+    run.config_path.write_text("x: 1\n")                              # a start that died before its checkpoint
+    with caplog.at_level("WARNING", logger="remomask.run_dir"):
+        again = RunDir("rvq", "mini", root=tmp_path, resume=True)
+    assert not again.resuming
+    assert "has no checkpoints/last.pt" in caplog.text and "starting from step 0" in caplog.text
     save(run.last)
-    assert RunDir("rvq", "mini", root=tmp_path, resume=True).resume
+    assert RunDir("rvq", "mini", root=tmp_path, resume=True).resuming
 
 
 def test_run_dir_rejects_bad_names_and_flag_combination(tmp_path):

@@ -171,14 +171,15 @@ def test_stage_cli_checks_the_run_dir_before_any_work(tmp_path, capsys):
     path = write(tmp_path, "", name="toy.yaml")
     runs = tmp_path / "runs"
     common = ["--config", str(path), "--runs-root", str(runs)]
-    with pytest.raises(SystemExit):
-        stage_cli(ToyStageConfig, "toy", [*common, "--resume"])
-    assert "no checkpoint to resume from" in capsys.readouterr().err
-    (runs / "toy" / "mini").mkdir(parents=True)
+    _, args = stage_cli(ToyStageConfig, "toy", [*common, "--resume"])     # nothing to resume: starts at step 0
+    assert args.resume and not runs.exists()
+    (runs / "toy" / "mini" / "checkpoints").mkdir(parents=True)
     (runs / "toy" / "mini" / "config.yaml").write_text("{}\n")
+    stage_cli(ToyStageConfig, "toy", common)            # config.yaml without a checkpoint: reused
+    (runs / "toy" / "mini" / "checkpoints" / "last.pt").write_bytes(b"x")
     with pytest.raises(SystemExit):
         stage_cli(ToyStageConfig, "toy", common)
-    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert "already exists with checkpoints (last.pt); pass --resume" in capsys.readouterr().err
     _, args = stage_cli(ToyStageConfig, "toy", [*common, "--overwrite"])
     assert args.overwrite and (runs / "toy" / "mini" / "config.yaml").exists()   # the CLI deletes nothing
 
@@ -319,9 +320,13 @@ def test_a_failed_start_does_not_block_the_rerun(tmp_path, capsys):
     assert not args.overwrite
     run = RunDir("toy", args.name, runs)
     assert run.ckpt_dir.is_dir() and run.tb_dir.is_dir()
-    # once a config or a checkpoint is there, it is a run: refused
+    # config.yaml alone (a NaN at step 1, a kill before the first checkpoint) is still reused; a checkpoint is not
+    (failed / "config.yaml").write_text("{}\n")
+    assert run_dir_problem(failed, resume=False, overwrite=False) is None
+    (failed / "checkpoints" / ".last.pt.0123456789ab.tmp.pt").write_bytes(b"x")     # an interrupted first save
+    assert run_dir_problem(failed, resume=False, overwrite=False) is None
     (failed / "checkpoints" / "last.pt").write_bytes(b"x")
     assert "already exists" in run_dir_problem(failed, resume=False, overwrite=False)
     with pytest.raises(SystemExit):
         stage_cli(ToyStageConfig, "toy", ["--config", str(path), "--runs-root", str(runs)])
-    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert "already exists with checkpoints (last.pt); pass --resume" in capsys.readouterr().err

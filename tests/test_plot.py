@@ -1,6 +1,7 @@
 """utils.plot: contact sheets, side-by-side pictures and animations of joint motions (T, J, 3)."""
 
 import math
+import re
 import shutil
 import warnings
 
@@ -142,8 +143,36 @@ def test_cli_renders_features_and_joints_files(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "s.png")
     assert load(tmp_path / "s.png").size == (round(1.7 * 3 * 80), round(2.3 * 2 * 80))
     np.save(tmp_path / "bad.npy", np.zeros((20, 100)))
-    with pytest.raises(ValueError, match=r"bad\.npy: expected joints \(T, J, 3\) or features \(T, 263\)"):
-        plot.main([str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")])
+    capsys.readouterr()
+    assert plot.main([str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m utils.plot: ") and len(err.splitlines()) == 1
+    assert re.search(r"bad\.npy: expected joints \(T, J, 3\) or features \(T, 263\)", err)
+
+
+def test_cli_names_a_nan_joints_file_in_one_line(tmp_path, capsys):
+    joints = walk((1.0, 0.0), T=20)
+    joints[5, 3, 1] = np.nan
+    np.save(tmp_path / "nan_joints.npy", joints)
+    assert plot.main([str(tmp_path / "nan_joints.npy"), "--out", str(tmp_path / "n.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nan_joints.npy: contains NaN or Inf values (1 entries)" in err
+    assert not (tmp_path / "n.png").exists()
+
+
+@pytest.mark.parametrize("suffix,magic", [(".jpg", b"\xff\xd8\xff"), (".jpeg", b"\xff\xd8\xff"),
+                                          (".png", b"\x89PNG")])
+def test_contact_sheet_bytes_match_the_suffix(tmp_path, suffix, magic):
+    out = plot.plot_contact_sheet([walk((1.0, 0.0), T=10)], tmp_path / f"s{suffix}", frames=2)
+    assert out.read_bytes()[:len(magic)] == magic
+
+
+def test_contact_sheet_refuses_an_unknown_suffix_before_drawing(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"expected an image file name ending in \.png, \.jpg"):
+        plot.plot_contact_sheet([walk((1.0, 0.0), T=10)], tmp_path / "s.bmp", frames=2)
+    np.save(tmp_path / "j.npy", walk((1.0, 0.0), T=10))
+    assert plot.main([str(tmp_path / "j.npy"), "--out", str(tmp_path / "s.txt")]) == 1
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "s.txt").exists()
 
 
 def test_follow_limits_centre_each_frame_on_the_root_with_one_width():

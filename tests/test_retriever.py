@@ -328,9 +328,12 @@ def test_task_param_groups_use_reference_factors(mini_root):
 
 
 def test_task_refuses_batch_not_dividing_queue(mini_root):
+    from utils.config import ConfigError
     from utils.tasks.retriever import RetrieverTask
 
-    with pytest.raises(RetrieverError, match=r"queue_size \(16\) must be a multiple of the batch size \(6\)"):
+    # checked with the config (utils.config runs check_stage_config at load), naming the key to change
+    with pytest.raises(ConfigError, match=r"train\.batch_size=6 does not divide model\.queue_size=16: .* "
+                                          r"e\.g\. train\.batch_size=4"):
         RetrieverTask(_stage_cfg(mini_root, batch_size=6))
 
 

@@ -284,6 +284,36 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 # The shared command line
 # --------------------------------------------------------------------------------------------------------------
 
+# What the design notes' section numbers ("reference §5.1", "reference.md §1.3") stand for, in words a user can look
+# up: the paper or the public reference code. --help text goes through `user_citations`.
+_CITATIONS = {
+    "1.1": "HumanML3D layout", "1.2": "HumanML3D text format", "1.3": "T2M / MoMask data loader",
+    "1.4": "MoMask data loader", "1.5": "MoMask / T2M normalisation", "1": "HumanML3D / MoMask data code",
+    "2.2": "HumanML3D paramUtil.py", "2": "HumanML3D motion_representation.ipynb",
+    "3": "Guo et al. 2022 evaluator code", "4": "T2M evaluation code (Guo et al. 2022)",
+    "5.1": "MoMask code, options/vq_option.py", "5.2": "MoMask code, models/vq/model.py",
+    "5.3": "MoGenTS / ReMoMask code, models/vq", "5": "MoMask / MoGenTS tokenizer code",
+    "6.1": "MoMask code, models/mask_transformer", "6.2": "MoMask code, models/mask_transformer",
+    "6.3": "ReMoMask / MoGenTS code", "6.4": "ReMoMask official code", "6": "ReMoMask / MoMask code",
+    "7": "MoMask code, visualization/joints2bvh.py", "8": "TMR code, retrieval.py", "9": "the reference code",
+}
+_CITE = re.compile(r"(?:the )?reference(?:\.md)?(?: code)?\s*§\s*(\d+)(?:\.(\d+))?(?:\s*[-/,]\s*§?\s*\d+(?:\.\d+)?)*")
+
+
+def user_citations(text: str) -> str:
+    """`text` with the internal design-note citations ("reference §5.1", "reference.md §1.3", "paper.md §7",
+    "reference.md") replaced by what they cite (the paper, or the reference code named by project and file), for
+    --help and other user-facing text."""
+    def cite(m: re.Match) -> str:
+        major, minor = m.group(1), m.group(2)
+        return _CITATIONS.get(f"{major}.{minor}" if minor else major) or _CITATIONS.get(major, "the reference code")
+    text = _CITE.sub(cite, text)
+    # a bare "§6.1" continuing a citation ("(VQ: 0; transformers 1e-5, §6.1)"); paper and ARCHITECTURE sections stay
+    text = re.sub(r"(?<!paper )(?<!ARCHITECTURE )(?<!ARCHITECTURE\.md )(?<!\.md )§\s*(\d+)(?:\.(\d+))?", cite, text)
+    text = re.sub(r"paper\.md\s*§\s*\d+(?:\.\d+)?", "the paper", text)
+    return re.sub(r"`?reference\.md`?", "the reference code", text)
+
+
 def _field_comments(cls: type) -> dict[str, str]:
     """Trailing `# comments` of a dataclass's field lines (the documented source of each default)."""
     try:
@@ -301,7 +331,7 @@ def _field_comments(cls: type) -> dict[str, str]:
             line = lines[tok.start[0] - 1]
             m = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
             if m:
-                comments[m.group(1)] = tok.string.lstrip("#").strip()
+                comments[m.group(1)] = user_citations(tok.string.lstrip("#").strip())
     return comments
 
 
@@ -382,7 +412,7 @@ def stage_parser(schema: type, stage: str, argv: Sequence[str] | None = None, de
     pre.add_argument("--config", default=None)
     chosen = pre.parse_known_args(argv)[0].config
     parser = argparse.ArgumentParser(
-        description=description or f"Train / run the {stage} stage.",
+        description=user_citations(description or f"Train / run the {stage} stage."),
         epilog=_help_epilog(schema, default_config, chosen),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, metavar="PATH",
@@ -394,6 +424,8 @@ def stage_parser(schema: type, stage: str, argv: Sequence[str] | None = None, de
     if run_flags:
         parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.pt")
         parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of data / config / checkpoint errors (normally one line)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
@@ -409,11 +441,87 @@ def load_stage_config(parser: argparse.ArgumentParser, schema: type[T], stage: s
         args.name = Path(args.config).resolve().parent.name or stage
     try:
         cfg = load_config(schema, args.config, [*args.overrides, *extra_overrides])
+        check_device(cfg)
     except ConfigError as err:
         parser.error(str(err))
-    if check_run_dir and int(os.environ.get("RANK", "0")) == 0:
-        from utils.run_dir import run_dir_problem
-        problem = run_dir_problem(Path(args.runs_root) / stage / args.name, resume, overwrite)
-        if problem:
-            parser.error(problem)
+    if check_run_dir:
+        check_stage_run_dir(parser, stage, args, cfg)
     return cfg
+
+
+def check_device(cfg: Any) -> None:
+    """Refuse a `train.device` / `device` that does not exist on this machine (e.g. cuda without CUDA), as a
+    ConfigError naming the key; scripts call it on loading, configs built in code meet it in select_device."""
+    for key, holder in (("train.device", getattr(cfg, "train", None)), ("device", cfg)):
+        name = getattr(holder, "device", None)
+        if not isinstance(name, str):
+            continue
+        from utils.distributed import resolve_device
+        try:
+            resolve_device(name)
+        except ValueError as err:
+            raise ConfigError(str(err).replace("train.device=", f"{key}=", 1), key=key) from None
+
+
+def writable_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why the folder `path` (created later, with its parents) cannot be written (None = it can): its nearest
+    existing ancestor must be a folder in which a file can be created. Creates nothing that stays."""
+    import tempfile
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{what} {path} cannot be created: {probe} is a file, not a folder; choose another location"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".remomask-write-test-", dir=probe)
+    except OSError as err:
+        return (f"{what} {path} is not writable ({probe}: {err.strerror or err}); choose a writable location "
+                f"(e.g. --runs-root DIR)")
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_stage_run_dir(parser: argparse.ArgumentParser, stage: str, args: argparse.Namespace, cfg: Any) -> None:
+    """The run dir checks of `load_stage_config`, before any work (exit 2 through `parser.error`): the folder is
+    writable, an existing run is not clobbered without --resume / --overwrite, and a --resume override changes only
+    keys utils.run_dir.RESUME_CHANGEABLE allows (compared with the config stored in last.pt; only the overridden keys,
+    since a task may still fill derived fields, e.g. the generator's token-map sizes; the Trainer compares the whole
+    resolved config when it loads last.pt). Rank 0 only. A script that adjusts its config after loading
+    (train_evaluator.py) calls it itself with the adjusted config."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from utils.run_dir import run_dir_problem
+
+    path = Path(args.runs_root) / stage / args.name
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    problem = run_dir_problem(path, resume, overwrite) or writable_problem(path, "run dir")
+    if problem:
+        parser.error(problem)
+    last = path / "checkpoints" / "last.pt"
+    if resume and last.is_file():
+        saved = _checkpoint_config(last)
+        if saved is not None:
+            from utils.run_dir import check_resume_config
+            keys = [parse_override(text)[0] for text in getattr(args, "overrides", ())]
+            try:
+                check_resume_config(saved, to_dict(cfg), str(last), only=keys)
+            except ConfigError as err:
+                parser.error(str(err))
+
+
+def _checkpoint_config(path: Path) -> dict | None:
+    """The `config` of a checkpoint, read memory-mapped (cheap for large files); None when it cannot be read (the
+    Trainer reports that when it loads the file)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return config if isinstance(config, dict) else None

@@ -413,16 +413,20 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, run_dir: str | os.PathLike, **provenance) -> tuple[Path, Path]:
+def write_report(report: dict, run_dir: str | os.PathLike, echo: bool = False, **provenance) -> tuple[Path, Path]:
     """Write `eval.json` and `eval.md` into run_dir (atomic). `provenance` (e.g. checkpoints={...},
-    run_config={...}, stage="rvq") is merged into the report; the commit hash is added when missing."""
+    run_config={...}, stage="rvq") is merged into the report; the commit hash is added when missing. `echo`: print
+    eval.md to stdout first, so the numbers are on screen even if the write fails."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     report = {**report, **provenance}
     report.setdefault("commit", git_commit())
+    text = render_markdown(report)
+    if echo:
+        print(text, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     js, md = run_dir / "eval.json", run_dir / "eval.md"
     atomic_write_text(js, json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(md, render_markdown(report))
+    atomic_write_text(md, text)
     return js, md
 
 
@@ -437,15 +441,14 @@ def summary_line(report: dict, column: str | None = None) -> str:
 
 
 def write_table_report(results: dict, run_dir: str | os.PathLike, *, stage: str, checkpoints: dict[str, str],
-                       run_config: dict, split: str, dataset_note: str = "") -> tuple[Path, Path]:
+                       run_config: dict, split: str, dataset_note: str = "", echo: bool = False) -> tuple[Path, Path]:
     """`eval.json` / `eval.md` for results that are tables of numbers rather than an `evaluate_t2m` report
-    (the retrieval protocols: {protocol: {"t2m/R01": ..., ...}}); scalar entries are listed under the table."""
+    (the retrieval protocols: {protocol: {"t2m/R01": ..., ...}}); scalar entries are listed under the table.
+    `echo`: print eval.md to stdout before writing anything."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     report = {"stage": stage, "results": results, "checkpoints": checkpoints, "commit": git_commit(),
               "run_config": run_config, "split": split, "dataset_note": dataset_note}
     js, md = run_dir / "eval.json", run_dir / "eval.md"
-    atomic_write_text(js, json.dumps(report, indent=2, default=str) + "\n")
     lines = [f"# Evaluation: {stage}", ""]
     if dataset_note:
         lines += [f"**{dataset_note}**", ""]
@@ -457,5 +460,10 @@ def write_table_report(results: dict, run_dir: str | os.PathLike, *, stage: str,
     lines += [f"- {k}: {v}" for k, v in results.items() if not isinstance(v, dict)]
     lines += ["", "## Provenance", "", f"- commit: `{report['commit']}`"]
     lines += [f"- {k}: `{v}`" for k, v in checkpoints.items()]
-    atomic_write_text(md, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if echo:
+        print(text, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(js, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(md, text)
     return js, md

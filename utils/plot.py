@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -131,11 +132,11 @@ def _draw_pose(ax, pose2d: np.ndarray, dataset: str, lw: float = 2.0) -> list:
 
 def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: Sequence[str] | None = None,
                        dataset: str = "t2m", frames: int = 6, fps: float = 20.0) -> Path:
-    """One PNG grid: rows = motions, columns = `frames` evenly spaced frames of each motion.
+    """One image grid: rows = motions, columns = `frames` evenly spaced frames of each motion.
 
     Args:
         joints_list: motions, each (T, J, 3) numpy or torch, y up
-        path:        output .png
+        path:        output image; its suffix chooses the format (.png, .jpg / .jpeg, .pdf, .svg)
         titles:      one title per motion (row), or None
         frames:      columns per row
         fps:         only for the "t = ... s" labels (20 for HumanML3D)
@@ -153,6 +154,7 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
     if int(frames) < 1:
         raise ValueError(f"frames: expected an integer >= 1, got {frames!r}")
     frames = int(frames)
+    image_format = _image_format(path)
 
     fig, axes = plt.subplots(len(motions), frames, figsize=(1.7 * frames, 2.3 * len(motions)), squeeze=False,
                              dpi=80)
@@ -186,10 +188,21 @@ def plot_contact_sheet(joints_list: Sequence, path: str | os.PathLike, titles: S
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format=image_format)
     finally:
         plt.close(fig)
     return path
+
+
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def _image_format(path: str | os.PathLike) -> str:
+    """The matplotlib format of an output path, from its suffix (so a .jpg holds JPEG bytes, not PNG)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"path: expected an image file name ending in {', '.join(IMAGE_FORMATS)}, got {str(path)!r}")
+    return IMAGE_FORMATS[suffix]
 
 
 def plot_side_by_side(a, b, path: str | os.PathLike, titles: Sequence[str] = ("source", "reconstruction"),
@@ -291,15 +304,37 @@ def _load_motion(path: str, dataset: str) -> np.ndarray:
     """A .npy of joints (T, J, 3) or of raw (de-normalised) features (T, D) -> joints (T, J, 3)."""
     from datasets.representation import feature_dim, features_to_joints
 
-    x = np.load(path)
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: expected a .npy array of joints (T, J, 3) or features (T, {feature_dim(dataset)}), "
+                         f"could not read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{path}: expected a numeric array, got dtype {x.dtype}")
+    if x.size and not np.isfinite(x).all():
+        raise ValueError(f"{path}: contains NaN or Inf values ({int((~np.isfinite(x)).sum())} entries); expected "
+                         f"finite joint positions or features")
     if x.ndim == 2 and x.shape[-1] == feature_dim(dataset):
         return features_to_joints(x.astype(np.float32), dataset)
     if x.ndim == 3:
+        J = skeleton_info(dataset).num_joints
+        if x.shape[1:] != (J, 3) or x.shape[0] < 1:
+            raise ValueError(f"{path}: expected joints (T, {J}, 3) for dataset {dataset!r}, got {x.shape}")
         return x
     raise ValueError(f"{path}: expected joints (T, J, 3) or features (T, {feature_dim(dataset)}), got {x.shape}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a bad input file or output name is one line on stderr and exit code 1."""
+    try:
+        _main(argv)
+    except (ValueError, OSError) as err:
+        print(f"python -m utils.plot: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -313,8 +348,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=20.0, help="frame rate (default 20; KIT-ML 12.5)")
     parser.add_argument("--title", default="", help="animation title")
     args = parser.parse_args(argv)
+    out_suffix = Path(args.out).suffix.lower()
+    if out_suffix not in (".gif", ".mp4") and out_suffix not in IMAGE_FORMATS:      # before any rendering
+        raise ValueError(f"--out {args.out}: expected an image ({', '.join(IMAGE_FORMATS)}) or animation (.gif, .mp4) "
+                         f"file name")
     motions = [_load_motion(p, args.dataset) for p in args.inputs]
-    if Path(args.out).suffix.lower() in (".gif", ".mp4"):
+    if out_suffix in (".gif", ".mp4"):
         out = save_animation(motions[0], args.out, dataset=args.dataset, fps=args.fps, title=args.title)
     else:
         out = plot_contact_sheet(motions, args.out, titles=[Path(p).stem for p in args.inputs], dataset=args.dataset,
@@ -323,4 +362,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

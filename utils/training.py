@@ -34,8 +34,8 @@ from datasets.motion_dataset import collate
 from utils.checkpoint import check_upstream, load_checkpoint, load_model_state, save_checkpoint, unwrap_model
 from utils.config import ConfigError, bad_value, check_choice, save_config, to_dict
 from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
-                               local_device)
-from utils.run_dir import RunDir
+                               local_device, resolve_device)
+from utils.run_dir import RESUME_CHANGEABLE, RunDir, check_resume_config  # noqa: F401 (re-exported)
 
 log = logging.getLogger("remomask.train")
 
@@ -94,18 +94,9 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cpu" / "cuda" / "cuda:N" as given (checked to exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"train.device={name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available here; use train.device=auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
+    """"auto" -> cuda when available, else cpu; "cpu" / "cuda" / "cuda:N" as given (checked to exist;
+    `utils.distributed.resolve_device`)."""
+    return resolve_device(name)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -383,8 +374,10 @@ class Trainer:
         self.best: dict | None = None     # {"metric", "value", "step"}
         self.last_val: dict[str, float] = {}
         self.writer = None
-        if run.resume:
+        if run.resuming:
             self._resume(run.last)
+        elif run.resume and self.main:
+            log.warning("--resume: %s does not exist; training starts from step 0", run.last)
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -393,10 +386,12 @@ class Trainer:
         if groups is None:
             groups = [{"params": [p for p in self.task.model.parameters() if p.requires_grad]}]
         built = []
+        self._lr_factors: list[float] = []
         for i, g in enumerate(groups):
             g = dict(g)
             g["params"] = [p for p in g["params"] if p.requires_grad]
             factor = float(g.pop("lr_factor", 1.0))
+            self._lr_factors.append(factor)
             g["lr"] = self.cfg.lr * factor
             g.setdefault("name", f"group{i}")
             built.append(g)
@@ -518,11 +513,14 @@ class Trainer:
         return mean_loss, logs
 
     def _stop(self, what: str) -> None:
-        last = (f"the last good checkpoint is {self.run.last}" if self.run.last.is_file()
-                else "no checkpoint was written yet")
+        if self.run.last.is_file():
+            last, again = f"the last good checkpoint is {self.run.last}", "then rerun with --resume"
+        else:
+            last, again = ("no checkpoint was written yet", "then rerun (the run dir, which holds no checkpoint, is "
+                                                            "reused; --resume also starts it from step 0)")
         raise NonFiniteLossError(
             f"{self.task.stage}: step {self.step + 1}: {what}; stopped without applying this update "
-            f"({last}). Lower train.lr, set train.grad_clip, or check the data, then --resume")
+            f"({last}). Lower train.lr, set train.grad_clip, or check the data, {again}")
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -606,13 +604,15 @@ class Trainer:
     def _resume(self, path) -> None:
         task = self.task
         ckpt = load_checkpoint(path, stage=task.stage, map_location="cpu")
-        for name, rec in task.upstream().items():
-            check_upstream(path, ckpt, name, rec["path"], rec["fingerprint"])
+        for name, rec in task.upstream().items():          # other upstream weights first: the cause of any drift
+            check_upstream(path, ckpt, name, rec["path"], rec["fingerprint"])     # of the fields derived from them
+        changed = check_resume_config(ckpt.get("config") or {}, self.config, str(path))
         load_model_state(task.model, ckpt["model"], path)
         if task.ema is not None and ckpt.get("ema") is not None:
             load_model_state(task.ema, ckpt["ema"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._apply_lr()
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
@@ -627,12 +627,21 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + self.step)
         elif self.dist.rank < len(rng):
             set_rng_state(rng[self.dist.rank])
-        changed = _diff_keys(ckpt.get("config") or {}, self.config)
         if changed and self.main:
-            log.warning("resuming %s with a changed config: %s", path, ", ".join(changed[:10]))
+            log.warning("resuming %s with a changed config (applied): %s", path, ", ".join(changed))
         if self.main:
             log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", path, self.step, self.epoch,
                      self.batch_in_epoch)
+
+    def _apply_lr(self) -> None:
+        """After restoring the scheduler: base lrs from this config's train.lr (a --resume may change it), and the
+        lr of the next update recomputed as LambdaLR does (the same value when nothing changed)."""
+        bases = [self.cfg.lr * f for f in self._lr_factors]
+        self.scheduler.base_lrs = list(bases)
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg, self.max_steps)
+        for g, base in zip(self.optimizer.param_groups, bases):
+            g["initial_lr"] = base
+            g["lr"] = base * factor
 
     # ---- logging ----------------------------------------------------------------------------------------------
 
@@ -708,15 +717,3 @@ def _valid_device_name(name: str) -> bool:
         return torch.device(name).type in ("cpu", "cuda", "mps")
     except (RuntimeError, TypeError):
         return False
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    out = []
-    for k in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out

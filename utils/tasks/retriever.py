@@ -18,7 +18,8 @@ optimizer step. With gradient accumulation each micro-batch's keys are enqueued 
 Validation runs every `train.val_every` steps and/or `train.val_every_epochs` epochs (the paper configs: every
 epoch) on the **val** split. Each val entry contributes its first caption and its
 full motion; the protocol is "guo" (TMR protocol (d): batches of 32, for speed). The best checkpoint maximises
-val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal".
+val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal" with a
+warning (write_retrieval_report and eval_t2m.py skip "guo" on such a split and say why).
 After training, train_retriever.py scores the kept checkpoint on val under all five protocols, TMR's four and the
 paper's Table 3 protocol "table3" (`write_retrieval_report`: <run>/retrieval_val.md and .json).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,32 @@ def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
     if cfg.data.dataset != m.dataset:
         raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
                           f"both to the same dataset", key=f"{prefix}model.dataset")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)     # MoCo: batches never straddle the queue's end
+    if m.queue_size % (cfg.train.batch_size * world):
+        per = f" × {world} processes" if world > 1 else ""
+        raise ConfigError(f"{prefix}train.batch_size={cfg.train.batch_size}{per} does not divide "
+                          f"{prefix}model.queue_size={m.queue_size}: expected a (global) batch size that divides the "
+                          f"queue size, e.g. train.batch_size={_divisor_below(m.queue_size // world, cfg.train.batch_size)}",
+                          key=f"{prefix}train.batch_size")
+
+
+def check_stage_paths(cfg: RetrieverStageConfig, prefix: str = "") -> None:
+    """The file system side of the config (train_retriever.py runs it right after loading, before any data): a
+    `model.text_path` must be a Hugging Face model folder. Not part of check_values, so a config names paths of
+    another machine and still loads (tests, --help)."""
+    m = cfg.model
+    if m.text_path and not m.text_tiny:
+        folder = Path(m.text_path)
+        if not (folder / "config.json").is_file():
+            what = "does not exist" if not folder.exists() else "has no config.json"
+            raise ConfigError(f"{prefix}model.text_path={m.text_path!r}: {what}; expected a local Hugging Face model "
+                              f"folder (with config.json) of the {m.text_encoder} text tower, or \"\" for the default",
+                              key=f"{prefix}model.text_path")
+
+
+def _divisor_below(n: int, b: int) -> int:
+    """The largest divisor of n that is <= b (at least 1)."""
+    return next((d for d in range(min(b, n), 0, -1) if n % d == 0), 1)
 
 
 
@@ -180,6 +208,10 @@ class RetrieverTask(TrainTask):
         if self.cfg.retriever.val_protocol == "guo" and len(ids) >= GUO_BATCH:
             metrics = protocol_guo(text, motion, ids)
         else:
+            if self.cfg.retriever.val_protocol == "guo" and not getattr(self, "_fallback_logged", False):
+                self._fallback_logged = True        # once per run; the same rule as write_retrieval_report / eval_t2m
+                log.warning("retriever.val_protocol='guo' %s: validating with protocol 'normal' (all %d entries) "
+                            "instead", guo_too_small(len(ids), "val"), len(ids))
             metrics = protocol_normal(text, motion)
         out = {f"val/{k}": float(v) for k, v in metrics.items()}
         out["val/R01_sum"] = out["val/t2m/R01"] + out["val/m2t/R01"]
@@ -272,6 +304,18 @@ def retrieval_markdown(results: dict[str, dict[str, float]], title: str = "Retri
     return "\n".join(lines + markdown_table(header, rows)) + "\n"
 
 
+def guo_too_small(num_entries: int, split: str) -> str:
+    """Why protocol guo cannot run on a split of `num_entries` entries (the one wording of every path)."""
+    return f"needs at least one batch of {GUO_BATCH} entries; the {split} split has {num_entries}"
+
+
+def guo_skip_reason(ckpt_path: str | Path, data_cfg: DataConfig, split: str) -> str | None:
+    """None when protocol guo can score `split` with this retriever's data settings, else why not."""
+    _, config = load_retriever(ckpt_path, "cpu")
+    n = len(build_dataset(_data_for(config, data_cfg, ckpt_path), split, "text").corpus.entries)
+    return None if n >= GUO_BATCH else guo_too_small(n, split)
+
+
 def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir: str | Path, split: str = "val",
                            protocols: Sequence[str] = PROTOCOLS, device: str = "cpu", batch_size: int = 64,
                            num_entries: int | None = None, sentence_encoder=None,
@@ -293,7 +337,7 @@ def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir:
         num_entries = len(dataset.corpus.entries)
     skipped = {}
     if "guo" in protocols and num_entries < GUO_BATCH:
-        skipped["guo"] = f"needs at least one batch of {GUO_BATCH} entries; the {split} split has {num_entries}"
+        skipped["guo"] = guo_too_small(num_entries, split)
     run_protocols = tuple(p for p in protocols if p not in skipped)
     results = evaluate_retriever(ckpt_path, data_cfg, split=split, protocols=run_protocols, device=device,
                                  sentence_encoder=sentence_encoder, batch_size=batch_size, retriever=retriever,

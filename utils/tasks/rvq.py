@@ -91,6 +91,18 @@ def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
         raise bad_value(f"{prefix}model.quantize_dropout", m.quantize_dropout, "a probability in [0, 1]")
     if cfg.val.max_batches < 0:
         raise bad_value(f"{prefix}val.max_batches", cfg.val.max_batches, "an integer >= 0 (0 = the whole split)")
+    if not 0.0 <= m.mu < 1.0:
+        raise bad_value(f"{prefix}model.mu", m.mu, "an EMA decay in [0, 1), e.g. 0.99")
+    from models.rvq import PADDED_JOINTS
+    downs = [d for d in range(1, 8) if PADDED_JOINTS % 2 ** d == 0]
+    if m.down_t not in downs:
+        raise bad_value(f"{prefix}model.down_t", m.down_t, f"one of {', '.join(map(str, downs))} (2**down_t must "
+                                                          f"divide the {PADDED_JOINTS} padded joints)")
+    if cfg.data.window_size % 2 ** m.down_t:
+        factor = 2 ** m.down_t
+        raise ConfigError(f"{prefix}data.window_size={cfg.data.window_size}: expected a multiple of {factor} "
+                          f"(2**{prefix}model.down_t, the temporal downsampling), e.g. "
+                          f"{max(factor, cfg.data.window_size // factor * factor)}", key=f"{prefix}data.window_size")
     if cfg.data.dataset != m.dataset:
         raise ConfigError(f"{prefix}data.dataset={cfg.data.dataset!r} but {prefix}model.dataset={m.dataset!r}; set "
                           f"both to the same dataset", key=f"{prefix}model.dataset")
