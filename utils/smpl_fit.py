@@ -351,20 +351,28 @@ def _check_joints(joints, name: str = "joints") -> np.ndarray:
     return joints.astype(np.float32)
 
 
-def _rest_joints(model, betas: torch.Tensor) -> torch.Tensor:
-    """(1, 24, 3) rest-pose joints of `model` with `betas` (1, B)."""
-    from smplx.lbs import blend_shapes, vertices2joints
+class _JointModel:
+    """The joint part of an SMPL model in float64: rest joints J(betas) = J_regressor (v_template + shapedirs betas)
+    precomputed as j_template (24, 3) + j_dirs (24, 3, B) betas (linear, so exact), and the parents."""
 
-    return vertices2joints(model.J_regressor, model.v_template[None] + blend_shapes(betas, model.shapedirs))
+    def __init__(self, model, dtype=torch.float64):
+        reg = model.J_regressor.to(dtype)
+        self.j_template = reg @ model.v_template.to(dtype)                              # (24, 3)
+        self.j_dirs = torch.einsum("jv,vdb->jdb", reg, model.shapedirs.to(dtype))       # (24, 3, B)
+        self.parents = model.parents
+        self.dtype = dtype
 
+    def rest(self, betas: torch.Tensor) -> torch.Tensor:
+        """(N, 24, 3) rest-pose joints for betas (N, B)."""
+        return self.j_template + torch.einsum("jdb,nb->njd", self.j_dirs, betas)
 
-def _posed_joints(model, rots: torch.Tensor, betas: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
-    """(T, 24, 3) joints of local rotations rots (T, 24, 3, 3), betas (1, B), transl (T, 3); no vertices."""
-    from smplx.lbs import batch_rigid_transform
+    def posed(self, rots: torch.Tensor, betas: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """(T, 24, 3) joints of local rotations rots (T, 24, 3, 3), betas (1, B), transl (T, 3); no vertices."""
+        from smplx.lbs import batch_rigid_transform
 
-    rest = _rest_joints(model, betas).expand(rots.shape[0], -1, -1)
-    posed, _ = batch_rigid_transform(rots, rest, model.parents, dtype=rots.dtype)
-    return posed + transl[:, None]
+        rest = self.rest(betas).expand(rots.shape[0], -1, -1)
+        posed, _ = batch_rigid_transform(rots, rest, self.parents, dtype=self.dtype)
+        return posed + transl[:, None]
 
 
 def smpl_forward(model, global_orient, body_pose, transl, betas, chunk: int = 256, vertices: bool = True):
@@ -398,7 +406,7 @@ def _errors_mm(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float,
 
 def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender: str = "neutral",
              device: str | torch.device = "cpu", iters: int = 100, fit_shape: bool = True, num_betas: int = 10,
-             weights: FitWeights | None = None, progress: bool = True) -> SMPLFit:
+             weights: FitWeights | None = None, lr: float = 0.002, progress: bool = True) -> SMPLFit:
     """Fit SMPL to HumanML3D joints (T, 22, 3), y up, metres, all frames at once.
 
     Args:
@@ -427,15 +435,36 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         model = model.to(device)
         gender = getattr(model, "gender", gender)
     dev = model.shapedirs.device
-    target = torch.as_tensor(target_np, device=dev)
+    kin = _JointModel(model)                  # float64: float32 curvature noise stalls L-BFGS's line search
+    f64 = dict(device=dev, dtype=torch.float64)
+    target = torch.as_tensor(target_np, **f64)
     T = target.shape[0]
     nb = model.num_betas
     opt_idx = torch.tensor(FIT_ROTATION_JOINTS, device=dev)
 
-    # analytic initialisation (betas 0), then translation from the pelvis
-    betas = torch.zeros(1, nb, device=dev)
+    betas = torch.zeros(1, nb, **f64)
+    bar = tqdm(total=(2 * iters if fit_shape else iters), desc="SMPL fit", unit="it", disable=not progress,
+               leave=False, file=sys.stderr)
+    if fit_shape and iters > 0:
+        # stage 1, shape: betas alone, with the pose given by the analytic initialisation of each betas' skeleton
+        # (differentiable: shortest arcs and Kabsch), so that bone lengths are fitted before any pose is
+        betas.requires_grad_(True)
+        opt = torch.optim.Adam([betas], lr=0.05)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0005)
+        for _ in range(iters):
+            opt.zero_grad()
+            rest_b = kin.rest(betas)[0]
+            pred = kin.posed(analytic_init(target, rest_b), betas, target[:, 0] - rest_b[0])[:, :NUM_FIT_JOINTS]
+            data = ((pred - target) ** 2).sum(-1).mean() * 1e4
+            (data + weights.betas * (betas ** 2).sum()).backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(stage="shape", rmse_mm=f"{float(data.detach()) ** 0.5 * 10:.1f}")
+        betas = betas.detach()
+    # analytic initialisation of the pose, translation from the pelvis
     with torch.no_grad():
-        rest = _rest_joints(model, betas)[0]
+        rest = kin.rest(betas)[0]
         rots0 = analytic_init(target, rest)
         transl0 = target[:, 0] - rest[0]
     rot6d = matrix_to_cont6d(rots0[:, opt_idx]).clone().requires_grad_(True)      # (T, K, 6)
@@ -444,10 +473,10 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
     if fit_shape:
         betas = betas.clone().requires_grad_(True)
         params.append(betas)
-    eye = torch.eye(3, device=dev).expand(T, NUM_SMPL_JOINTS, 3, 3)
+    eye = torch.eye(3, **f64).expand(T, NUM_SMPL_JOINTS, 3, 3)
     rest_dirs = rest[[_children(j)[0] for j in _KNEES + _ELBOWS]] - rest[list(_KNEES + _ELBOWS)]
     rest_dirs = rest_dirs / rest_dirs.norm(dim=-1, keepdim=True)
-    bend_sign = torch.tensor([1.0, 1.0, -1.0, -1.0], device=dev)   # knees: shin never forward (+z); elbows: never back
+    bend_sign = torch.tensor([1.0, 1.0, -1.0, -1.0], **f64)   # knees: shin never forward (+z); elbows: never back
     bend_cols = [FIT_ROTATION_JOINTS.index(j) for j in _KNEES + _ELBOWS]
 
     def rotations(r6):
@@ -459,7 +488,7 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         mats = cont6d_to_matrix(rot6d)                                           # (T, K, 3, 3)
         rots = eye.clone()
         rots[:, opt_idx] = mats
-        pred = _posed_joints(model, rots, betas, transl)[:, :NUM_FIT_JOINTS]
+        pred = kin.posed(rots, betas, transl)[:, :NUM_FIT_JOINTS]
         data = ((pred - target) ** 2).sum(-1).mean() * 1e4                      # cm²
         loss = data
         if T > 1 and weights.smooth:
@@ -474,40 +503,27 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         return loss, data
 
     with torch.no_grad():
-        init_err = (_posed_joints(model, rots0, betas, transl0)[:, :NUM_FIT_JOINTS] - target).norm(dim=-1)
+        init_err = (kin.posed(rots0, betas, transl0)[:, :NUM_FIT_JOINTS] - target).norm(dim=-1)
     init_mean = float(init_err.mean()) * 1000.0
 
-    def new_optimizer():
-        return torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
-                                 tolerance_grad=1e-9, tolerance_change=1e-12)
-
     if iters > 0:
-        opt = new_optimizer()
-        last = {}
-        best = float("inf")
-
-        def closure():
+        # stage 2, everything: pose, translation and betas together, with the priors
+        opt = torch.optim.Adam(params, lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=lr * 0.01)
+        for _ in range(iters):
             opt.zero_grad()
             loss, data = loss_fn()
             loss.backward()
-            last["data"] = float(data.detach())
-            return loss
-
-        bar = tqdm(range(iters), desc="SMPL fit", unit="it", disable=not progress, leave=False, file=sys.stderr)
-        for _ in bar:
-            loss = float(opt.step(closure))
-            # torch's L-BFGS stays put for good once its direction stops descending (float32 curvature noise):
-            # restart it from steepest descent when a step did not lower the loss
-            if not loss < best:
-                opt = new_optimizer()
-            best = min(best, loss)
-            bar.set_postfix(rmse_mm=f"{np.sqrt(last['data']) * 10:.1f}")
-        bar.close()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(stage="all", rmse_mm=f"{float(data.detach()) ** 0.5 * 10:.1f}")
+    bar.close()
 
     with torch.no_grad():
         rots = rotations(rot6d).cpu().numpy()
         betas_np = betas.detach().reshape(-1).cpu().numpy().astype(np.float32)
-        rest_pelvis = _rest_joints(model, betas.detach())[0, 0].cpu().numpy().astype(np.float32)
+        rest_pelvis = kin.rest(betas.detach())[0, 0].cpu().numpy().astype(np.float32)
     aa = matrix_to_axis_angle(rots).astype(np.float32)                           # (T, 24, 3)
     transl_np = transl.detach().cpu().numpy().astype(np.float32)
     fit = SMPLFit(global_orient=aa[:, 0], body_pose=aa[:, 1:].reshape(T, -1), transl=transl_np, betas=betas_np,
