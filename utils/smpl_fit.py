@@ -78,6 +78,7 @@ SMPL_PARENTS = list(T2M_PARENTS) + [20, 21]
 # (x, y, z)_amass = HUMANML3D_TO_AMASS @ (x, y, z)_humanml3d; inverse of reference §1.1's y/z swap + x negation
 HUMANML3D_TO_AMASS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
 _KNEES = (4, 5)
+SHAPE_STEPS = 300             # Adam steps of the shape stage (cheap: 24 joints, no frames)
 _ELBOWS = (18, 19)
 
 
@@ -85,6 +86,9 @@ def _children(joint: int) -> list[int]:
     return [c for c in range(NUM_FIT_JOINTS) if SMPL_PARENTS[c] == joint]
 
 
+# distances that SMPL keeps rigid: the 21 bones and the extra edges of the pelvis and spine3 triangles
+_RIGID_PAIRS = [(c, SMPL_PARENTS[c]) for c in range(1, NUM_FIT_JOINTS)] + [(1, 2), (1, 3), (2, 3), (12, 13),
+                                                                           (12, 14), (13, 14)]
 # joints whose rotation moves at least one of the 22 targets; the others stay at the identity
 FIT_ROTATION_JOINTS = [j for j in range(NUM_SMPL_JOINTS) if _children(j)]
 
@@ -239,6 +243,42 @@ def _kabsch(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return u @ torch.diag_embed(diag) @ vt
 
 
+# hips and shoulders: (child hinge, grandchild, the hinge's natural bend direction in the rest frame). Knees bend the
+# shin backwards (-z), elbows the forearm forwards (+z) for SMPL's palms-down T-pose.
+_HINGE_PARENTS = {1: (4, 7, (0.0, 0.0, -1.0)), 2: (5, 8, (0.0, 0.0, -1.0)),
+                  16: (18, 20, (0.0, 0.0, 1.0)), 17: (19, 21, (0.0, 0.0, 1.0))}
+_HINGE_EPS = 0.05     # below a bend of ~3° (sin) the limb counts as straight and keeps the minimal twist
+
+
+def _axis_angle_rotation(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: rotations (T, 3, 3) about unit axes (T, 3) by angles (T,)."""
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(axis.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(k)
+    s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
+    return eye + s * k + (1 - c) * (k @ k)
+
+
+def _hinge_twist(g: torch.Tensor, upper: torch.Tensor, joints: torch.Tensor, rest: torch.Tensor, j: int,
+                 hinge: int, end: int, natural) -> torch.Tensor:
+    """Twist the global rotation g (T, 3, 3) of hip / shoulder j about its bone `upper` (T, 3, unit) so that the
+    hinge below it (knee / elbow) bends its natural way: g·natural is turned towards the bend direction of the
+    lower limb. Continuous: blended with the minimal twist as the limb straightens (weight = sin of the bend)."""
+    lower = joints[:, end] - joints[:, hinge]
+    lower = lower / lower.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    u_r, l_r = rest[hinge] - rest[j], rest[end] - rest[hinge]
+    rest_bend = torch.linalg.cross(u_r, l_r).norm() / (u_r.norm() * l_r.norm())   # sin of the rest pose's bend
+    bend = lower - (lower * upper).sum(-1, keepdim=True) * upper          # |bend| = sin(bend angle)
+    # the rest pose's own slight bend is no flexion: only the bend beyond it steers the twist
+    size = bend.norm(dim=-1, keepdim=True)
+    bend = bend / size.clamp_min(1e-9) * torch.relu(size - rest_bend)
+    m = g @ torch.tensor(natural, dtype=g.dtype, device=g.device)        # (T, 3), perpendicular to upper
+    v = bend + _HINGE_EPS * m
+    angle = torch.atan2((torch.linalg.cross(m, v) * upper).sum(-1), (m * v).sum(-1))
+    return _axis_angle_rotation(upper, angle) @ g
+
+
 def analytic_init(joints: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """Local rotations (T, 24, 3, 3) that pose the rest skeleton `rest` (24, 3) onto `joints` (T, 22, 3).
 
@@ -259,8 +299,10 @@ def analytic_init(joints: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         elif len(kids) == 1:
             a = parent_rot @ (rest[kids[0]] - rest[j])
             b = joints[:, kids[0]] - joints[:, j]
-            g = _shortest_arc(a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True).clamp_min(1e-9)) \
-                @ parent_rot
+            b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            g = _shortest_arc(a / a.norm(dim=-1, keepdim=True), b) @ parent_rot
+            if j in _HINGE_PARENTS:
+                g = _hinge_twist(g, b, joints, rest, j, *_HINGE_PARENTS[j])
         else:
             g = parent_rot
         glob.append(g)
@@ -294,7 +336,7 @@ class FitWeights:
 
     smooth: float = 1.0     # |R_t+1 - R_t|²_F: a 1 rad/s turn costs 0.005 per joint, 2 cm of error costs 4
     pose: float = 0.01      # |R - I|²_F: a 90° bend costs 0.04, i.e. (2 mm)² of joint error
-    bend: float = 10.0      # relu(wrong-way component of the bent bone direction)²
+    bend: float = 1.0       # relu(wrong-way component of the bent bone direction)²: a 30° wrong bend costs 0.25
     betas: float = 0.01     # |betas|²
 
 
@@ -443,25 +485,27 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
     opt_idx = torch.tensor(FIT_ROTATION_JOINTS, device=dev)
 
     betas = torch.zeros(1, nb, **f64)
-    bar = tqdm(total=(2 * iters if fit_shape else iters), desc="SMPL fit", unit="it", disable=not progress,
+    bar = tqdm(total=iters, desc="SMPL fit", unit="it", disable=not progress,
                leave=False, file=sys.stderr)
     if fit_shape and iters > 0:
-        # stage 1, shape: betas alone, with the pose given by the analytic initialisation of each betas' skeleton
-        # (differentiable: shortest arcs and Kabsch), so that bone lengths are fitted before any pose is
+        # stage 1, shape: the betas whose rest skeleton has the clip's rigid distances (bone lengths, and the edges
+        # of the two rigid triangles: hips-spine1 and neck-collars), averaged over frames. 24 joints, no frames:
+        # a few ms for hundreds of steps.
+        a_idx, b_idx = zip(*_RIGID_PAIRS)
+        lengths = (target[:, list(a_idx)] - target[:, list(b_idx)]).norm(dim=-1).mean(0)
         betas.requires_grad_(True)
         opt = torch.optim.Adam([betas], lr=0.05)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0005)
-        for _ in range(iters):
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=SHAPE_STEPS, eta_min=0.0005)
+        for _ in range(SHAPE_STEPS):
             opt.zero_grad()
             rest_b = kin.rest(betas)[0]
-            pred = kin.posed(analytic_init(target, rest_b), betas, target[:, 0] - rest_b[0])[:, :NUM_FIT_JOINTS]
-            data = ((pred - target) ** 2).sum(-1).mean() * 1e4
+            model_len = (rest_b[list(a_idx)] - rest_b[list(b_idx)]).norm(dim=-1)
+            data = ((model_len - lengths) ** 2).mean() * 1e4
             (data + weights.betas * (betas ** 2).sum()).backward()
             opt.step()
             sched.step()
-            bar.update()
-            bar.set_postfix(stage="shape", rmse_mm=f"{float(data.detach()) ** 0.5 * 10:.1f}")
         betas = betas.detach()
+        bar.set_postfix(stage="shape", rmse_mm=f"{float(data.detach()) ** 0.5 * 10:.1f}")
     # analytic initialisation of the pose, translation from the pelvis
     with torch.no_grad():
         rest = kin.rest(betas)[0]
@@ -510,14 +554,21 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         # stage 2, everything: pose, translation and betas together, with the priors
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=lr * 0.01)
+        best = (float("inf"), None)
         for _ in range(iters):
             opt.zero_grad()
             loss, data = loss_fn()
+            if float(loss.detach()) < best[0]:       # Adam's first steps can overshoot a good init: keep the best iterate
+                best = (float(loss), [p.detach().clone() for p in params])
             loss.backward()
             opt.step()
             sched.step()
             bar.update()
             bar.set_postfix(stage="all", rmse_mm=f"{float(data.detach()) ** 0.5 * 10:.1f}")
+        with torch.no_grad():
+            if float(loss_fn()[0]) > best[0]:
+                for p, b in zip(params, best[1]):
+                    p.copy_(b)
     bar.close()
 
     with torch.no_grad():
