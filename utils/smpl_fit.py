@@ -8,26 +8,36 @@ frames at once (one batched optimisation, CPU or CUDA):
 - `transl` (T, 3);
 - optionally `betas` (B,) shared by the whole clip.
 
-Loss (squared errors in cm², averaged over frames and joints):
+Three steps, all frames at once:
 
-    |J_smpl(pose, betas)[:, :22] + transl - joints|²            data
-  + w_smooth · |R_t+1 - R_t|²_F        local rotations over time     temporal smoothness (damps unobservable twists)
-  + w_pose   · |R - I|²_F              local rotations              pose prior towards the rest pose
-  + w_bend   · relu(wrong-way bend)²   knees and elbows             knees bend backwards, elbows forwards only
-  + w_betas  · |betas|²                                              shape prior (betas ~ N(0, I))
+1. shape (with `fit_shape`): the betas whose rest skeleton has the clip's rigid distances (the 21 bone lengths and
+   the edges of the pelvis and spine3 triangles, averaged over frames); Adam on 10 numbers, no frames involved.
+2. analytic pose initialisation (no optimisation): walking the tree from the pelvis, each joint gets the global
+   rotation that takes its rest-pose bones (the model's own rest joints, so SMPL's slanted hips and spine are
+   respected) onto the target bones: a Kabsch fit where a joint has several child bones (pelvis: hips and spine;
+   spine3: neck and collars), the shortest arc after the parent's rotation where it has one. Hips and shoulders are
+   then twisted about their bone so that the knee / elbow below bends its natural way (a minimal-twist swing would
+   bend a forearm backwards whenever the upper arm is rolled); the twist blends into the minimal one as the limb
+   straightens, so it stays continuous. When the skeleton matches, this alone puts the joints on the targets.
+   (The feature extraction's IK rotations are relative to the HumanML3D unit rest directions and root their arm
+   chains at the pelvis, so they would need the same re-basing; they are not used.)
+3. refinement: Adam (cosine-decayed learning rate, `iters` steps, the best iterate kept) on the 6D local rotations,
+   the translation and the betas, minimising (squared errors in cm², averaged over frames and joints)
 
-No prior needs a download (no GMM / VPoser). The optimiser is L-BFGS (strong Wolfe line search), one iteration per
-progress-bar step. During the fit only the 24 joints go through the kinematic chain (`smplx.lbs` building blocks); the
+       |J_smpl(pose, betas)[:, :22] + transl - joints|²            data
+     + w_smooth · |R_t+1 - R_t|²_F        local rotations over time     temporal smoothness (damps unobservable twists)
+     + w_pose   · |R - I|²_F              local rotations              pose prior towards the rest pose
+     + w_bend   · relu(wrong-way bend)²   knees and elbows             knees bend backwards, elbows forwards only
+     + w_betas  · |betas|²                                              shape prior (betas ~ N(0, I))
+
+No prior needs a download (no GMM / VPoser). During the fit only the 24 joints go through the kinematic chain
+(`smplx.lbs.batch_rigid_transform`, float64, on rest joints precomputed as a linear function of the betas); the
 reported error comes from a full `smplx.SMPL` forward of the final axis-angle parameters, i.e. of what is saved.
+(torch's L-BFGS was tried first: its strong-Wolfe line search returns a zero step after a few iterations on this
+problem, even from a steepest-descent restart, so it is not used.)
 
 Joints whose rotation moves none of the 22 targets (feet 10-11, head 15, wrists 20-21, hands 22-23) stay at the
 identity: position-only data cannot see them (T2M-GPT #25 in users.md is this limitation).
-
-Initialisation (analytic, no optimisation): walking the tree from the pelvis, each joint gets the global rotation that
-takes its rest-pose bones (the model's own rest joints, so SMPL's slanted hips and spine are respected) onto the target
-bones: a Kabsch fit where a joint has several child bones (pelvis: hips and spine; spine3: neck and collars), the
-shortest arc on top of the parent's rotation where it has one. (The feature extraction's IK rotations are relative to
-the HumanML3D unit rest directions and root their arm chains at the pelvis, so they would need the same re-basing.)
 
 Coordinates. The fit runs in the frame of the input joints: HumanML3D's, y up, metres, frame 0 facing +z, left = +x.
 SMPL's canonical rest frame is y up and faces +z too, so a y-up fit needs no axis change. `save_smpl_npz` writes
@@ -332,7 +342,7 @@ def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
 
 @dataclass
 class FitWeights:
-    """Weights of the prior terms, relative to the data term in cm² (see the module docstring)."""
+    """Weights of the prior terms of the refinement, relative to the data term in cm² (see the module docstring)."""
 
     smooth: float = 1.0     # |R_t+1 - R_t|²_F: a 1 rad/s turn costs 0.005 per joint, 2 cm of error costs 4
     pose: float = 0.01      # |R - I|²_F: a 90° bend costs 0.04, i.e. (2 mm)² of joint error
@@ -456,7 +466,8 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         model_dir: folder with the SMPL files (`find_smpl_model_file`); or pass a loaded `model`
         model:     an `smplx.SMPL` (from `load_smpl_model`), used instead of model_dir
         device:    "cpu", "cuda", ... (the model is moved there)
-        iters:     L-BFGS iterations (each one is a progress-bar step); 0 = the analytic initialisation only
+        iters:     refinement steps (Adam over all frames at once; one progress-bar step each); 0 = shape stage
+                   skipped too, i.e. the analytic initialisation on the template body only
         fit_shape: also fit the clip's betas (else betas = 0, the template body)
         weights:   prior weights (`FitWeights`)
     Returns:
@@ -477,7 +488,7 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
         model = model.to(device)
         gender = getattr(model, "gender", gender)
     dev = model.shapedirs.device
-    kin = _JointModel(model)                  # float64: float32 curvature noise stalls L-BFGS's line search
+    kin = _JointModel(model)                  # float64: the joint-only tensors are tiny, so precision is free
     f64 = dict(device=dev, dtype=torch.float64)
     target = torch.as_tensor(target_np, **f64)
     T = target.shape[0]
@@ -559,7 +570,7 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
             opt.zero_grad()
             loss, data = loss_fn()
             if float(loss.detach()) < best[0]:       # Adam's first steps can overshoot a good init: keep the best iterate
-                best = (float(loss), [p.detach().clone() for p in params])
+                best = (float(loss.detach()), [p.detach().clone() for p in params])
             loss.backward()
             opt.step()
             sched.step()
@@ -733,7 +744,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="SMPL model gender (default neutral)")
     parser.add_argument("--out", metavar="OUT.npz", help="output parameters (default: JOINTS_smpl.npz beside the input)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--iters", type=int, default=100, help="L-BFGS iterations over all frames at once (default 100)")
+    parser.add_argument("--iters", type=int, default=100, help="refinement steps over all frames at once (default 100; 0 = analytic init on the template body)")
     parser.add_argument("--no-shape", action="store_true", help="keep betas at 0 (template body) instead of fitting them")
     parser.add_argument("--up", default="z", choices=["z", "y"],
                         help="up axis of the written parameters: z = AMASS / Blender (default), y = HumanML3D frame")
