@@ -40,6 +40,7 @@ def run(clips: list[Path], iters: int, device: str) -> list[dict]:
         template = fit_smpl(joints, model=model, iters=0, device=device, progress=False)
         fit = fit_smpl(joints, model=model, iters=iters, device=device, progress=False)
         reposed = fit_smpl(fit.joints, model=model, iters=iters, device=device, progress=False)
+        print(f"{path.stem}: {fit.summary()}", flush=True)
         rows.append({"clip": path.stem, "frames": int(len(joints)),
                      **{f"{name}_{key}": getattr(f, attr) for name, f in
                         (("template", template), ("fit", fit), ("reposed", reposed))
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS, help="folder of joints .npy (T, 22, 3)")
     parser.add_argument("--iters", type=int, default=100, help="refinement steps (default 100, the CLI's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     clips = sorted(args.clips.glob("*.npy"))
