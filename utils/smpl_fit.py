@@ -458,7 +458,8 @@ def _errors_mm(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float,
 
 def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender: str = "neutral",
              device: str | torch.device = "cpu", iters: int = 100, fit_shape: bool = True, num_betas: int = 10,
-             weights: FitWeights | None = None, lr: float = 0.002, progress: bool = True) -> SMPLFit:
+             weights: FitWeights | None = None, lr: float = 0.002, progress: bool = True,
+             cpu_threads: int | None = 1) -> SMPLFit:
     """Fit SMPL to HumanML3D joints (T, 22, 3), y up, metres, all frames at once.
 
     Args:
@@ -470,9 +471,23 @@ def fit_smpl(joints, model_dir: str | Path | None = None, *, model=None, gender:
                    skipped too, i.e. the analytic initialisation on the template body only
         fit_shape: also fit the clip's betas (else betas = 0, the template body)
         weights:   prior weights (`FitWeights`)
+        lr:        Adam learning rate of the refinement
+        cpu_threads: torch threads during a CPU fit (restored afterwards); the joint-only tensors are tiny, so
+                   more threads only add synchronisation (on a loaded 2-vCPU machine 2 threads were 30x slower
+                   than 1). None = leave torch's setting alone.
     Returns:
         `SMPLFit` with the parameters, the fitted joints, the per-joint error (mm) and the time taken (s)
     """
+    before = torch.get_num_threads()
+    if cpu_threads is not None and torch.device(device).type == "cpu":      # the model is moved to `device`
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _fit_smpl(joints, model_dir, model, gender, device, iters, fit_shape, num_betas, weights, lr, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_smpl(joints, model_dir, model, gender, device, iters, fit_shape, num_betas, weights, lr, progress):
     from tqdm import tqdm
 
     target_np = _check_joints(joints)
@@ -689,12 +704,12 @@ def render_mesh_preview(vertices: np.ndarray, faces: np.ndarray, path: str | Pat
     vertices = np.asarray(vertices)
     faces = np.asarray(faces, dtype=np.int64)
     idx = np.unique(np.linspace(0, len(vertices) - 1, max(1, frames)).round().astype(int))
-    lo, hi = vertices.reshape(-1, 3).min(0), vertices.reshape(-1, 3).max(0)
-    half = (hi - lo).max() / 2 + 1e-3
-    mid = (hi + lo) / 2
+    lo, hi = vertices[idx].min(1), vertices[idx].max(1)                  # (K, 3): each shown frame's box
+    half = (hi - lo).max() / 2 + 1e-3                                      # one scale for all panels
     fig = plt.figure(figsize=(3 * len(idx), 3.6))
     light = np.array([0.3, 0.8, 0.5]) / np.linalg.norm([0.3, 0.8, 0.5])
     for k, t in enumerate(idx):
+        mid = (hi[k] + lo[k]) / 2                                          # each panel centred on its body
         ax = fig.add_subplot(1, len(idx), k + 1, projection="3d")
         tri = vertices[t][faces][..., [0, 2, 1]]                    # y up -> plot z up (x, z, y)
         n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -706,11 +721,13 @@ def render_mesh_preview(vertices: np.ndarray, faces: np.ndarray, path: str | Pat
         ax.set_xlim(mid[0] - half, mid[0] + half)
         ax.set_ylim(mid[2] - half, mid[2] + half)
         ax.set_zlim(mid[1] - half, mid[1] + half)
+        ax.set_box_aspect((1, 1, 1), zoom=1.5)
         ax.view_init(elev=10, azim=-60)
         ax.set_axis_off()
         ax.set_title(f"frame {t}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.88, wspace=0)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
@@ -785,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> SMPLFit:
     try:
         model = load_smpl_model(args.smpl_model_dir, args.gender, device)
     except SMPLModelNotFound as err:
+        _fail(str(err))
+    except ImportError as err:
         _fail(str(err))
     except ValueError as err:
         _fail(f"--smpl-model-dir: {err}")
