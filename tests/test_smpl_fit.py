@@ -129,6 +129,7 @@ def test_npz_layout_round_trips(toy_model, tmp_path):
         assert d["poses"].shape == (6, 72) and d["trans"].shape == (6, 3) and d["betas"].shape == (10,)
         assert str(d["gender"]) == "neutral" and float(d["mocap_framerate"]) == 20.0
         np.testing.assert_array_equal(d["poses"], fit.poses)
+        np.testing.assert_allclose(d["fit_error_per_joint_mm"], fit.error_per_joint_mm, rtol=1e-6)
     back = load_smpl_npz(path, up="y")
     for name in ("global_orient", "body_pose", "transl", "betas", "rest_pelvis"):
         np.testing.assert_array_equal(getattr(back, name), getattr(fit, name))
@@ -176,7 +177,7 @@ def test_cli_rejects_joints_of_the_wrong_shape(tmp_path, toy_dir, capsys):
     assert len(err.splitlines()) == 1 and "bad.npy" in err and "(T, 22, 3)" in err
 
 
-def test_cli_writes_npz_meshes_and_preview(tmp_path, toy_dir, toy_model):
+def test_cli_writes_npz_meshes_and_preview(tmp_path, toy_dir, toy_model, capsys):
     pose, transl, betas = _known_motion(4)
     target, _ = smpl_forward(toy_model, pose[:, 0], pose[:, 1:].reshape(4, -1), transl, betas, vertices=False)
     src = tmp_path / "walk.npy"
@@ -191,6 +192,9 @@ def test_cli_writes_npz_meshes_and_preview(tmp_path, toy_dir, toy_model):
     assert sum(line.startswith("v ") for line in lines) == 208 and sum(line.startswith("f ") for line in lines) == 276
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert fit.error_mean_mm < 2.0
+    out = capsys.readouterr().out
+    assert f"joint error mean {fit.error_mean_mm:.1f} mm, max {fit.error_max_mm:.1f} mm" in out
+    assert f"left_wrist {fit.error_per_joint_mm[20]:.1f}" in out
 
 
 def test_official_style_chumpy_pickle_loads_without_chumpy(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from datasets.skeleton import T2M_PARENTS, cont6d_to_matrix, matrix_to_cont6d
+from datasets.skeleton import T2M_JOINT_NAMES, T2M_PARENTS, cont6d_to_matrix, matrix_to_cont6d
 from utils.atomic import atomic_open, atomic_path
 
 __all__ = ["SMPLFit", "SMPLModelNotFound", "FitWeights", "fit_smpl", "save_smpl_npz", "load_smpl_npz",
@@ -637,7 +637,7 @@ def save_smpl_npz(fit: SMPLFit, path: str | Path, up: str = "z", pose_dims: int 
 
     Keys: poses (T, 72) SMPL or (T, 156) SMPL-H layout (body joints 0-21 then zero hands), trans (T, 3), betas (B,),
     gender, mocap_framerate (and mocap_frame_rate, the SMPL-X-era spelling), up_axis, rest_pelvis (3,) and the fit
-    errors (fit_error_mean_mm, fit_error_max_mm). up = "z" (AMASS / Blender) or "y" (HumanML3D frame).
+    errors (fit_error_mean_mm, fit_error_max_mm, fit_error_per_joint_mm (22,)). up = "z" (AMASS / Blender) or "y" (HumanML3D frame).
     """
     if up not in ("y", "z"):
         raise ValueError(f"up: expected 'y' (HumanML3D frame) or 'z' (AMASS / Blender), got {up!r}")
@@ -652,7 +652,9 @@ def save_smpl_npz(fit: SMPLFit, path: str | Path, up: str = "z", pose_dims: int 
                   gender=np.array(fit.gender), mocap_framerate=np.array(fit.fps, dtype=np.float64),
                   mocap_frame_rate=np.array(fit.fps, dtype=np.float64), up_axis=np.array(up),
                   rest_pelvis=fit.rest_pelvis.astype(np.float32),
-                  fit_error_mean_mm=np.array(fit.error_mean_mm), fit_error_max_mm=np.array(fit.error_max_mm))
+                  fit_error_mean_mm=np.array(fit.error_mean_mm), fit_error_max_mm=np.array(fit.error_max_mm),
+                  fit_error_per_joint_mm=(np.asarray(fit.error_per_joint_mm, np.float32)
+                                          if fit.error_per_joint_mm is not None else np.full(22, np.nan, np.float32)))
     path = Path(path)
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -813,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> SMPLFit:
     out = Path(args.out) if args.out else src.with_name(src.stem + "_smpl.npz")
     save_smpl_npz(fit, out, up=args.up, pose_dims=args.pose_dims)
     print(f"{fit.summary()}; wrote {out} (up={args.up}, poses (T, {args.pose_dims}))")
+    print("per-joint mean error (mm): " + ", ".join(
+        f"{name} {err:.1f}" for name, err in zip(T2M_JOINT_NAMES, fit.error_per_joint_mm)))
     if args.obj_dir or args.preview:
         _, verts = smpl_forward(model, fit.global_orient, fit.body_pose, fit.transl, fit.betas)
         faces = np.asarray(model.faces, dtype=np.int64)
