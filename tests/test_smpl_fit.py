@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("smplx")
 
-from utils.smpl_fit import (FIT_ROTATION_JOINTS, HUMANML3D_TO_AMASS, SMPLModelNotFound, axis_angle_to_matrix,  # noqa: E402
-                            find_smpl_model_file, fit_smpl, load_smpl_data, load_smpl_model, load_smpl_npz, main,
-                            matrix_to_axis_angle, save_smpl_npz, smpl_forward)
+from utils.smpl_fit import (FIT_ROTATION_JOINTS, HUMANML3D_TO_AMASS, SMPLModelNotFound,  # noqa: E402
+                            axis_angle_to_matrix, find_smpl_model_file, fit_smpl, load_smpl_data, load_smpl_model,
+                            load_smpl_npz, main, matrix_to_axis_angle, save_smpl_npz, smpl_forward)
 from utils.smpl_toy import TOY_PARENTS, toy_smpl_arrays, write_toy_smpl_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -25,7 +25,7 @@ Three steps, all frames at once:
    the translation and the betas, minimising (squared errors in cm², averaged over frames and joints)
 
        |J_smpl(pose, betas)[:, :22] + transl - joints|²            data
-     + w_smooth · |R_t+1 - R_t|²_F        local rotations over time     temporal smoothness (damps unobservable twists)
+     + w_smooth · |R_t+1 - R_t|²_F        local rotations over time     smoothness (damps unobservable twists)
      + w_pose   · |R - I|²_F              local rotations              pose prior towards the rest pose
      + w_bend   · relu(wrong-way bend)²   knees and elbows             knees bend backwards, elbows forwards only
      + w_betas  · |betas|²                                              shape prior (betas ~ N(0, I))
@@ -584,7 +584,7 @@ def _fit_smpl(joints, model_dir, model, gender, device, iters, fit_shape, num_be
         for _ in range(iters):
             opt.zero_grad()
             loss, data = loss_fn()
-            if float(loss.detach()) < best[0]:       # Adam's first steps can overshoot a good init: keep the best iterate
+            if float(loss.detach()) < best[0]:      # Adam's first steps can overshoot a good init: keep the best
                 best = (float(loss.detach()), [p.detach().clone() for p in params])
             loss.backward()
             opt.step()
@@ -637,7 +637,8 @@ def save_smpl_npz(fit: SMPLFit, path: str | Path, up: str = "z", pose_dims: int 
 
     Keys: poses (T, 72) SMPL or (T, 156) SMPL-H layout (body joints 0-21 then zero hands), trans (T, 3), betas (B,),
     gender, mocap_framerate (and mocap_frame_rate, the SMPL-X-era spelling), up_axis, rest_pelvis (3,) and the fit
-    errors (fit_error_mean_mm, fit_error_max_mm, fit_error_per_joint_mm (22,)). up = "z" (AMASS / Blender) or "y" (HumanML3D frame).
+    errors (fit_error_mean_mm, fit_error_max_mm, fit_error_per_joint_mm (22,)). up = "z" (AMASS / Blender) or "y"
+    (HumanML3D frame).
     """
     if up not in ("y", "z"):
         raise ValueError(f"up: expected 'y' (HumanML3D frame) or 'z' (AMASS / Blender), got {up!r}")
@@ -672,13 +673,15 @@ def load_smpl_npz(path: str | Path, up: str = "y") -> SMPLFit:
         body[:, :n] = poses[:, 3:3 + n]
         if poses.shape[1] == 156:
             body[:, 3 * (NUM_FIT_JOINTS - 1):] = 0.0       # SMPL-H hands are not SMPL's joints 22-23
+        def get(key, default):
+            return d[key] if key in d.files else default
+
         fit = SMPLFit(global_orient=poses[:, :3], body_pose=body, transl=d["trans"].astype(np.float32),
-                      betas=d["betas"].astype(np.float32), gender=str(d["gender"]) if "gender" in d.files else "neutral",
-                      rest_pelvis=d["rest_pelvis"].astype(np.float32) if "rest_pelvis" in d.files else np.zeros(3, np.float32),
-                      fps=float(d["mocap_framerate"]) if "mocap_framerate" in d.files else FRAME_RATE,
-                      up=str(d["up_axis"]) if "up_axis" in d.files else "z",
-                      error_mean_mm=float(d["fit_error_mean_mm"]) if "fit_error_mean_mm" in d.files else float("nan"),
-                      error_max_mm=float(d["fit_error_max_mm"]) if "fit_error_max_mm" in d.files else float("nan"))
+                      betas=d["betas"].astype(np.float32), gender=str(get("gender", "neutral")),
+                      rest_pelvis=np.asarray(get("rest_pelvis", np.zeros(3)), np.float32),
+                      fps=float(get("mocap_framerate", FRAME_RATE)), up=str(get("up_axis", "z")),
+                      error_mean_mm=float(get("fit_error_mean_mm", np.nan)),
+                      error_max_mm=float(get("fit_error_max_mm", np.nan)))
     go, tr = _to_frame(fit, up)
     fit.global_orient, fit.transl, fit.up = go, tr, up
     return fit
@@ -761,10 +764,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="folder holding smpl/SMPL_<GENDER>.pkl|.npz (or the model file itself)")
     parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"],
                         help="SMPL model gender (default neutral)")
-    parser.add_argument("--out", metavar="OUT.npz", help="output parameters (default: JOINTS_smpl.npz beside the input)")
+    parser.add_argument("--out", metavar="OUT.npz",
+                        help="output parameters (default: JOINTS_smpl.npz beside the input)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--iters", type=int, default=100, help="refinement steps over all frames at once (default 100; 0 = analytic init on the template body)")
-    parser.add_argument("--no-shape", action="store_true", help="keep betas at 0 (template body) instead of fitting them")
+    parser.add_argument("--iters", type=int, default=100,
+                        help="refinement steps over all frames at once (default 100; 0 = analytic init on the "
+                             "template body)")
+    parser.add_argument("--no-shape", action="store_true",
+                        help="keep betas at 0 (template body) instead of fitting them")
     parser.add_argument("--up", default="z", choices=["z", "y"],
                         help="up axis of the written parameters: z = AMASS / Blender (default), y = HumanML3D frame")
     parser.add_argument("--pose-dims", type=int, default=72, choices=[72, 156],

@@ -6,12 +6,12 @@ It has SMPL's 24-joint kinematic tree and arrays of SMPL's layout, so `smplx.SMP
     shapedirs (V, 3, 10), posedirs (V, 3, 207)
 
 Body: the rest joints are an SMPL-like T-pose written by hand (y up, facing +z, left = +x, arms along x, pelvis at
-(0, -0.22, 0.03) as in SMPL's template; 1.5 m tall, rounded positions, not SMPL's regressed joints). Vertices 0..23 sit on
-the joints and `J_regressor` picks them (identity), so the rest joints are exact. Every bone (parent -> child) is a
-square tube (two rings of 4 vertices at 20 % and 80 % of the bone, 3 cm radius) skinned rigidly to the parent joint,
-which is the joint that rotates it. Shape: beta 0 scales the body about the pelvis by 10 % per unit; betas 1..9 move
-each joint by a seeded random 1 cm-scale offset (vertices follow their bone's joints). posedirs are small seeded
-noise (they do not move joints). V = 24 + 23·8 = 208, F = 23·12 = 276.
+(0, -0.22, 0.03) as in SMPL's template; 1.5 m tall, rounded positions, not SMPL's regressed joints). Vertices 0..23
+sit on the joints and `J_regressor` picks them (identity), so the rest joints are exact. Every bone (parent ->
+child) is a square tube (two rings of 4 vertices at 20 % and 80 % of the bone, 3 cm radius) skinned rigidly to the
+parent joint, which is the joint that rotates it. Shape: beta 0 scales the body about the pelvis by 10 % per unit;
+betas 1..9 move each joint by a seeded random 1 cm-scale offset (vertices follow their bone's joints). posedirs are
+small seeded noise (they do not move joints). V = 24 + 23·8 = 208, F = 23·12 = 276.
 
     write_toy_smpl_model("toy_models")              # -> toy_models/smpl/SMPL_NEUTRAL.npz
 """
