@@ -104,6 +104,13 @@ def test_fit_recovers_a_known_pose_shape_and_translation(toy_model):
     for knee, ankle in ((4, 7), (5, 8)):
         shin = (rest[ankle] - rest[knee]) / np.linalg.norm(rest[ankle] - rest[knee])
         assert ((axis_angle_to_matrix(fit.body_pose[:, 3 * (knee - 1):3 * knee]) @ shin)[:, 2] < -0.1).all()
+    # no flips: no local rotation turns more per frame than the known motion's fastest one (13°) plus 5°
+    def turn_deg(body):
+        local = axis_angle_to_matrix(body.reshape(len(pose), 23, 3))
+        step = np.einsum("tjab,tjab->tj", local[1:], local[:-1])    # trace(R_t+1^T R_t) = 1 + 2 cos(angle)
+        return np.rad2deg(np.arccos(np.clip((step - 1) / 2, -1, 1)))
+
+    assert turn_deg(fit.body_pose).max() < turn_deg(pose[:, 1:]).max() + 5.0
     # joints no position can see stay at the identity (feet, head, wrists, hands)
     for j in (10, 11, 15, 20, 21, 22, 23):
         np.testing.assert_allclose(fit.body_pose[:, 3 * (j - 1):3 * j], 0.0, atol=1e-6)
