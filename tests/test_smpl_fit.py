@@ -254,3 +254,15 @@ def test_analytic_init_bends_knees_and_elbows_the_natural_way(toy_model):
         r = axis_angle_to_matrix(fit.body_pose[:, 3 * (joint - 1):3 * joint])
         bone = (rest[child] - rest[joint]) / np.linalg.norm(rest[child] - rest[joint])
         assert ((r @ bone)[:, 2] * sign > 0.1).all(), joint        # clearly bent the natural way
+
+
+@pytest.mark.parametrize("flags, named", [(["--device", "tpu9"], "--device"), (["--iters", "-1"], "--iters"),
+                                          (["--obj-every", "0"], "--obj-every")])
+def test_cli_rejects_bad_flags_in_one_line(tmp_path, toy_dir, capsys, flags, named):
+    joints = tmp_path / "j.npy"
+    np.save(joints, np.zeros((4, 22, 3), np.float32))
+    with pytest.raises(SystemExit) as exc:
+        main([str(joints), "--smpl-model-dir", str(toy_dir), "--quiet", *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err
