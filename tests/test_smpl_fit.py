@@ -266,3 +266,11 @@ def test_cli_rejects_bad_flags_in_one_line(tmp_path, toy_dir, capsys, flags, nam
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err
+
+
+def test_npz_model_with_extra_object_arrays_loads(tmp_path):
+    # converted model files may carry pickled extras (e.g. 'bs_style'); they are skipped, never unpickled
+    path = tmp_path / "SMPL_NEUTRAL.npz"
+    np.savez(path, **toy_smpl_arrays(), bs_style=np.array([{"lbs": 1}], dtype=object))
+    data = load_smpl_data(path)
+    assert "bs_style" not in data and data["shapedirs"].shape == (208, 3, 10)

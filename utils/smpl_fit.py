@@ -181,8 +181,13 @@ def load_smpl_data(path: str | Path) -> dict:
     """The arrays of an SMPL model file (.npz or .pkl, official chumpy .pkl included) as a dict."""
     path = Path(path)
     if path.suffix == ".npz":
+        out = {}
         with np.load(path, allow_pickle=False) as data:
-            out = {k: data[k] for k in data.files}
+            for k in data.files:
+                try:
+                    out[k] = data[k]
+                except ValueError:      # object arrays (e.g. 'bs_style' strings of converted files): not needed
+                    pass
     elif path.suffix == ".pkl":
         with open(path, "rb") as f:
             out = _NoChumpyUnpickler(f, encoding="latin1").load()
