@@ -14,7 +14,7 @@ Output (`--out`, default outputs/<name>): one folder per sample, `<index>_<promp
 `joints.npy` (T × J × 3; metres for HumanML3D), `features.npy` (T × D raw features), `motion.gif` (stick figure, the
 prompt as title; `--mp4` also writes motion.mp4 when ffmpeg is installed) and `motion.bvh` (utils/bvh.py), and
 `summary.json` listing per sample the prompt, length, seed, the files and the retrieved neighbours, with every
-setting under "settings". Files are written atomically: an interrupted run never leaves a half-written file.
+setting under "settings". `--smpl-model-dir DIR` also fits an SMPL body per sample (`smpl.npz`, AMASS layout). Files are written atomically: an interrupted run never leaves a half-written file.
 """
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-animation", action="store_true", help="skip the GIF")
     out.add_argument("--mp4", action="store_true", help="also write motion.mp4 (needs ffmpeg)")
     out.add_argument("--no-bvh", action="store_true", help="skip the BVH")
+    out.add_argument("--smpl-model-dir", metavar="DIR", default=None,
+                     help="also fit an SMPL body per sample (utils/smpl_fit.py) and write smpl.npz (AMASS layout: "
+                          "poses, trans, betas, gender, mocap_framerate); DIR holds smpl/SMPL_NEUTRAL.pkl or .npz")
+    out.add_argument("--smpl-gender", default="neutral", choices=("neutral", "male", "female"),
+                     help="SMPL model of --smpl-model-dir (default neutral)")
     out.add_argument("--debug", action="store_true", help="show tracebacks of project errors")
     return p
 
@@ -85,15 +90,18 @@ def _stage_checkpoint(explicit: str | None, stage: str, args, script: str) -> st
     path = Path(explicit) if explicit else final_checkpoint(stage, args.name, args.runs_root)
     if not path.is_file():
         how = f"--{stage}" if explicit else f"--runs-root {args.runs_root} --name {args.name}"
-        raise FileNotFoundError(f"{stage} checkpoint {path} not found ({how}); train it with `python {script}` "
-                                f"or pass --{stage} PATH")
+        from utils.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{stage} checkpoint {path} not found ({how}); train it with `python {script}` "
+                              f"or pass --{stage} PATH")
     return str(path)
 
 
 def _length_estimator(args) -> str | None:
     if args.length_estimator:
         if not Path(args.length_estimator).is_file():
-            raise FileNotFoundError(f"--length-estimator {args.length_estimator} not found")
+            raise GenerateError(f"--length-estimator {args.length_estimator}: file not found; expected a "
+                                f"`train_residual.py --length-estimator` checkpoint")
         return args.length_estimator
     from utils.run_dir import final_checkpoint
 
@@ -154,6 +162,14 @@ def main(argv=None) -> int:
     prompts = read_prompt_args(args)
     out_dir = Path(args.out or f"outputs/{args.name}")
     check_writable(out_dir)
+    smpl_model = None
+    if args.smpl_model_dir:                     # a missing SMPL model is reported before any generation
+        from utils.smpl_fit import SMPLModelNotFound, load_smpl_model
+
+        try:
+            smpl_model = load_smpl_model(args.smpl_model_dir, args.smpl_gender)
+        except SMPLModelNotFound as err:
+            raise GenerateError(str(err)) from None
     mask = _stage_checkpoint(args.mask, "mask", args, "train_mask_transformer.py")
     residual = _stage_checkpoint(args.residual, "residual", args, "train_residual.py")
 
@@ -195,6 +211,12 @@ def main(argv=None) -> int:
                      "neighbours": [vars(nb) for nb in result.neighbours[k]]}
             if not args.no_bvh:
                 entry["bvh"] = str(write_bvh(joints, folder / "motion.bvh", pipe.dataset).relative_to(out_dir))
+            if smpl_model is not None:
+                from utils.smpl_fit import fit_smpl, save_smpl_npz
+
+                fit = fit_smpl(joints, model=smpl_model, progress=False)
+                entry["smpl"] = str(save_smpl_npz(fit, folder / "smpl.npz").relative_to(out_dir))
+                entry["smpl_fit_error_mm"] = {"mean": float(fit.error_mean_mm), "max": float(fit.error_max_mm)}
             if not args.no_animation:
                 from utils.plot import save_animation
 

@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
+    import os
+
+    reuse = os.environ.get("REMOMASK_SMOKE_RUNS")          # a finished `utils.demo --smoke` runs root (dev loop)
+    if reuse and (Path(reuse) / "generate" / "demo" / "summary.json").is_file():
+        return Path(reuse)
     runs = tmp_path_factory.mktemp("smoke")
     proc = subprocess.run([sys.executable, "-m", "utils.demo", "--smoke", "--runs-root", str(runs)], cwd=REPO,
                           capture_output=True, text=True, timeout=1200)
@@ -67,3 +72,51 @@ def test_generated_samples_match_the_prompts_file(smoke_run):
         assert len(read_bvh(out / s["bvh"]).data) == s["length"]
         assert len(s["neighbours"]) == 1 and set(s["neighbours"][0]) == {"id", "caption", "score"}
     assert summary["settings"]["dataset"] == "t2m" and summary["settings"]["fps"] == 20.0
+
+
+# ---- generate.py on the smoke runs: options and bad input (one line, exit code, nothing half-written) -----------
+
+def _generate(smoke_run, capsys, *extra):
+    import generate
+    from utils.script import run_script
+
+    rc = run_script(generate.main, ["--runs-root", str(smoke_run), "--name", "demo", "--no-animation", *extra],
+                    prog="generate.py")
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_generate_fits_smpl_with_a_model_dir(smoke_run, tmp_path, capsys):
+    from utils.smpl_toy import write_toy_smpl_model
+
+    write_toy_smpl_model(tmp_path / "smpl_models")
+    out = tmp_path / "out"
+    rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks forward", "--length", "60", "--out", str(out),
+                        "--smpl-model-dir", str(tmp_path / "smpl_models"), "--no-bvh")
+    assert rc == 0, err
+    sample = json.loads((out / "summary.json").read_text())["samples"][0]
+    npz = np.load(out / sample["smpl"])
+    assert npz["poses"].shape == (60, 72) and npz["trans"].shape == (60, 3)
+    assert float(npz["mocap_framerate"]) == 20.0 and "bvh" not in sample
+    assert sample["smpl_fit_error_mm"]["mean"] >= 0
+
+
+@pytest.mark.parametrize("extra, message, code", [
+    (["--prompt", "   "], "empty prompt", 2),
+    (["--prompt", "a person walks", "--length", "20"], "length 20 frames is outside the HumanML3D range [40, 196]", 1),
+    (["--prompt", "a person walks", "--num-samples", "0"], "--num-samples must be >= 1", 2),
+    (["--prompt", "a person walks", "--guidance-scale", "-1"], "--guidance-scale must be >= 0", 2),
+    (["--prompt", "a person walks", "--name", "missing"], "mask checkpoint", 1),
+    (["--prompt", "a person walks", "--smpl-model-dir", "/nonexistent"], "smpl.is.tue.mpg.de", 2),
+    (["--prompts-file", "/nonexistent/prompts.txt"], "prompts file /nonexistent/prompts.txt not found", 1),
+])
+def test_generate_bad_input_is_one_line(smoke_run, tmp_path, capsys, extra, message, code):
+    rc, err = _generate(smoke_run, capsys, "--out", str(tmp_path / "o"), *extra)
+    assert rc == code and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_generate_refuses_an_unwritable_output_folder(smoke_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks", "--out", str(blocker / "sub"))
+    assert rc == 2 and "--out" in err and "not a writable folder" in err
