@@ -14,7 +14,8 @@ Output (`--out`, default outputs/<name>): one folder per sample, `<index>_<promp
 `joints.npy` (T × J × 3; metres for HumanML3D), `features.npy` (T × D raw features), `motion.gif` (stick figure, the
 prompt as title; `--mp4` also writes motion.mp4 when ffmpeg is installed) and `motion.bvh` (utils/bvh.py), and
 `summary.json` listing per sample the prompt, length, seed, the files and the retrieved neighbours, with every
-setting under "settings". `--smpl-model-dir DIR` also fits an SMPL body per sample (`smpl.npz`, AMASS layout). Files are written atomically: an interrupted run never leaves a half-written file.
+setting under "settings". `--foot-cleanup` removes the slide of planted feet (off by default; prints the skating
+ratio before and after). `--smpl-model-dir DIR` also fits an SMPL body per sample (`smpl.npz`, AMASS layout). Files are written atomically: an interrupted run never leaves a half-written file.
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-animation", action="store_true", help="skip the GIF")
     out.add_argument("--mp4", action="store_true", help="also write motion.mp4 (needs ffmpeg)")
     out.add_argument("--no-bvh", action="store_true", help="skip the BVH")
+    out.add_argument("--foot-cleanup", action="store_true",
+                     help="shift the body so planted feet do not slide (utils/foot_skate.py; off by default); prints "
+                          "the skating ratio before and after")
     out.add_argument("--smpl-model-dir", metavar="DIR", default=None,
                      help="also fit an SMPL body per sample (utils/smpl_fit.py) and write smpl.npz (AMASS layout: "
                           "poses, trans, betas, gender, mocap_framerate); DIR holds smpl/SMPL_NEUTRAL.pkl or .npz")
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
     mask = _stage_checkpoint(args.mask, "mask", args, "train_mask_transformer.py")
     residual = _stage_checkpoint(args.residual, "residual", args, "train_residual.py")
 
-    import torch
+    import numpy as np
     from tqdm import tqdm
 
     from models.pipeline import ReMoMaskPipeline
@@ -204,11 +208,21 @@ def main(argv=None) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             n = int(result.lengths[k])
             joints = result.motion(k)
+            skate = None
+            if args.foot_cleanup:
+                from utils.foot_skate import clean_foot_skate, skating_ratio
+
+                before = skating_ratio(joints, pipe.dataset, fps)
+                joints = clean_foot_skate(joints, pipe.dataset, fps).astype(np.float32)
+                skate = {"before": before, "after": skating_ratio(joints, pipe.dataset, fps)}
+                tqdm.write(f"generate.py: {name}: foot skating ratio {before:.3f} -> {skate['after']:.3f}")
             save_npy(folder / "joints.npy", joints)
             save_npy(folder / "features.npy", result.features[k, :n].numpy())
             entry = {"prompt": text, "length": n, "seconds": n / fps, "seed": result.seeds[k],
                      "joints": f"{name}/joints.npy", "features": f"{name}/features.npy",
                      "neighbours": [vars(nb) for nb in result.neighbours[k]]}
+            if skate is not None:
+                entry["foot_skating_ratio"] = skate
             if not args.no_bvh:
                 entry["bvh"] = str(write_bvh(joints, folder / "motion.bvh", pipe.dataset).relative_to(out_dir))
             if smpl_model is not None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets.registry import dataset_facts
-from models.text_encoders import check_texts
+from models.text_encoders import check_texts, warn_if_truncated
 
 _MOD = "models/pipeline.py"
 
@@ -184,7 +184,8 @@ class ReMoMaskPipeline:
             base = 0 if seed is None else int(seed)
             seeds = [base + i for i in range(len(items))]
             gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        # 1. text features, once per distinct prompt
+        # 1. text features, once per distinct prompt (a prompt longer than the encoder reads: truncated, warned)
+        warn_if_truncated(self.text_encoder, prompts)
         t = self.text_encoder(list(prompts)).float().to(device)[owner.to(device)]      # (B, D_text)
         # 2. retrieval
         r_t = r_m = None

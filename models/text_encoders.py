@@ -533,3 +533,30 @@ def build_text_encoder_from_config(cfg: TextEncoderConfig, head_dropout: float =
     if isinstance(encoder, TextTower):
         encoder.max_tokens = ident["max_length"]
     return encoder
+
+
+def token_counts(encoder: nn.Module, texts: Sequence[str]) -> list[tuple[int, int]]:
+    """(tokens the text needs, tokens the encoder reads) per text, special tokens included: CLIP reads 77 (start and
+    end of text included), a tower `max_tokens`. Texts whose first number exceeds the second are truncated."""
+    if isinstance(encoder, CLIPTextEncoder):
+        from clip.clip import _tokenizer
+
+        limit = encoder.cfg.context_length
+        return [(len(_tokenizer.encode(t)) + 2, limit) for t in texts]
+    if isinstance(encoder, TextTower):
+        return [(len(encoder.tokenizer(t)["input_ids"]), encoder.max_tokens) for t in texts]
+    return [(0, 0) for _ in texts]
+
+
+def warn_if_truncated(encoder: nn.Module, texts: Sequence[str]) -> list[int]:
+    """Warn (one line per text) about texts longer than the encoder reads; returns their indices."""
+    import warnings
+
+    long = []
+    for i, (text, (need, limit)) in enumerate(zip(texts, token_counts(encoder, texts))):
+        if limit and need > limit:
+            long.append(i)
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            warnings.warn(f"prompt {shown!r} has {need} tokens, more than the {limit} the text encoder reads; it is "
+                          f"truncated to its first {limit}", stacklevel=3)
+    return long

@@ -120,3 +120,13 @@ def test_generate_refuses_an_unwritable_output_folder(smoke_run, tmp_path, capsy
     blocker.write_text("not a folder")
     rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks", "--out", str(blocker / "sub"))
     assert rc == 2 and "--out" in err and "not a writable folder" in err
+
+
+def test_generate_foot_cleanup_reports_the_skating_ratio(smoke_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks forward", "--length", "80", "--out", str(out),
+                        "--foot-cleanup", "--no-bvh")
+    assert rc == 0, err
+    sample = json.loads((out / "summary.json").read_text())["samples"][0]
+    ratio = sample["foot_skating_ratio"]
+    assert 0.0 <= ratio["after"] <= ratio["before"] <= 1.0

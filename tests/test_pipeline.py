@@ -114,3 +114,17 @@ def test_bad_input_is_a_one_line_error():
     with pytest.raises(PipelineError, match="conditioned on retrieval"):
         from models.pipeline import ReMoMaskPipeline
         ReMoMaskPipeline(pipe.tokenizer, pipe.text_encoder, pipe.mask, pipe.residual, retrieval=None)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_truncated_with_a_warning():
+    from models.text_encoders import CLIPTextConfig, CLIPTextEncoder, token_counts
+
+    pipe = tiny_pipeline()
+    long = "a person walks forward and then " * 40
+    with pytest.warns(UserWarning, match=r"has \d+ tokens, more than the 128 the text encoder reads; it is truncated"):
+        out = pipe(long, lengths=[60], seed=0, steps=1)
+    assert out.lengths.tolist() == [60]
+    clip = CLIPTextEncoder(CLIPTextConfig.tiny(), random_init=True)
+    (need, limit), = token_counts(clip, [long])
+    assert limit == 77 and need > 77
+    assert token_counts(clip, ["a person walks"]) == [(5, 77)]          # start + 3 words + end
