@@ -1,8 +1,8 @@
-"""Evaluate a stage of the pipeline on the test split with the standard T2M evaluator (or TMR retrieval protocols).
+"""Evaluate a stage of the pipeline on the test split with the standard T2M evaluator (or the retrieval protocols).
 
     python eval_t2m.py --stage gt                               # ground truth as the "generation" (FID ~ 0)
     python eval_t2m.py --stage rvq checkpoints.rvq=runs/rvq/mini/checkpoints/best.pt
-    python eval_t2m.py --stage retriever                        # TMR protocols normal / threshold / nsim / guo
+    python eval_t2m.py --stage retriever                        # TMR normal / threshold / nsim / guo + table3
     python eval_t2m.py --stage t2m [--lengths gt|estimator]     # the full generator (mask + residual transformers)
     python eval_t2m.py --stage gt --config configs/humanml3d/eval.yaml data.root=data/HumanML3D
     python eval_t2m.py --stage gt --replications 1 --fast       # quick check, labelled NOT COMPARABLE
@@ -30,6 +30,7 @@ from pathlib import Path
 from datasets.motion_dataset import DataConfig
 from utils.config import to_dict
 from utils.evaluation import EvalConfig
+from utils.retrieval_metrics import PROTOCOLS as RETRIEVAL_PROTOCOLS
 
 STAGES = ("gt", "rvq", "retriever", "t2m")
 
@@ -57,7 +58,14 @@ class EvalStageConfig:
     checkpoints: CheckpointPaths = field(default_factory=CheckpointPaths)
     split: str = "test"               # reference §4: the test split
     device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    retrieval_protocols: list[str] = field(default_factory=lambda: ["normal", "threshold", "nsim", "guo"])
+    retrieval_protocols: list[str] = field(default_factory=lambda: list(RETRIEVAL_PROTOCOLS))  # TMR's 4 + table3
+
+    def check_values(self, prefix: str = "") -> None:
+        """Run by utils.config on loading: each retrieval protocol must be a known one."""
+        from utils.config import check_choice
+
+        for p in self.retrieval_protocols:
+            check_choice(f"{prefix}retrieval_protocols", p, RETRIEVAL_PROTOCOLS)
 
 
 def default_evaluator_path(dataset: str) -> str:
@@ -70,7 +78,7 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
     parser = stage_parser(EvalStageConfig, "eval", argv, description=__doc__, run_flags=False)
     parser.add_argument("--stage", required=True, choices=STAGES,
                         help="what to evaluate: gt (ground truth), rvq (reconstructions), retriever (TMR "
-                             "protocols), t2m (the full generator, models/pipeline.py)")
+                             "protocols and the paper's table3), t2m (the full generator, models/pipeline.py)")
     parser.add_argument("--lengths", choices=("gt", "estimator"), default="gt",
                         help="--stage t2m: generate with the ground-truth lengths (the paper's tables) or with "
                              "lengths drawn by the length estimator (a second, labelled mode)")
@@ -113,8 +121,10 @@ def _checkpoint(cfg_value: str, stage: str, args) -> str:
 
     path = cfg_value or str(final_checkpoint(stage, args.name, args.runs_root))
     if not Path(path).is_file():
-        raise SystemExit(f"eval_t2m.py: --stage {stage}: checkpoint {path} not found; train it first "
-                         f"(python train_{stage}.py) or set checkpoints.{stage}=<path>")
+        script = {"mask": "train_mask_transformer.py", "length_estimator": "train_residual.py --length-estimator"
+                  }.get(stage, f"train_{stage}.py")
+        raise SystemExit(f"eval_t2m.py: --stage {args.stage}: checkpoint {path} not found; train it first "
+                         f"(python {script}) or set checkpoints.{stage}=<path>")
     return path
 
 

@@ -8,7 +8,8 @@
 The run goes to runs/retriever/<name>/ (config.yaml, checkpoints/{last,best}.pt, tb/). During training the val split
 is scored with TMR protocol (d) (batches of 32; retriever.val_protocol). After training, the database of the train
 split is written next to the checkpoint that was kept (best.pt when validation ran): checkpoints/best_database.pt,
-and that checkpoint is scored on the val split under all four TMR protocols: retrieval_val.md / retrieval_val.json
+and that checkpoint is scored on the val split under TMR's four protocols and the paper's Table 3 protocol
+("table3"): retrieval_val.md / retrieval_val.json
 in the run dir (retriever.final_eval=false skips it). `--build-db CKPT` only builds the database of an existing
 checkpoint.
 """
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu", train_set=None, val_set=None):
     """Rank 0 only (the Trainer has ended the process group; no other rank reads these files): the train-split
-    database next to the kept checkpoint, then that checkpoint on val under every TMR protocol. The checkpoint is
-    loaded once, and the splits the training already read are reused.
+    database next to the kept checkpoint, then that checkpoint on val under every retrieval protocol (TMR + table3).
+    The checkpoint is loaded once, and the splits the training already read are reused.
     Returns the path of retrieval_val.md (None when not written)."""
     if not distributed.is_main_process():
         return None
@@ -76,7 +77,7 @@ def after_training(run: RunDir, cfg: RetrieverStageConfig, device: str = "cpu", 
                                     batch_size=cfg.retriever.database_batch_size, retriever=retriever,
                                     dataset=val_set, num_entries=None if val_set is None else
                                     len(val_set.corpus.entries))
-    print(f"train_retriever.py: val retrieval (all TMR protocols) of {ckpt}: {md} ({js.name})")
+    print(f"train_retriever.py: val retrieval (TMR protocols + table3) of {ckpt}: {md} ({js.name})")
     print(md.read_text())
     return md
 

@@ -23,10 +23,17 @@ We default to the **argmax** (nearest code) in training as well, a deliberate ch
 deterministic given the seed and makes the encoder output the same code in training and evaluation. Set
 `sample="gumbel"` to reproduce MoMask. Evaluation always uses the nearest code.
 
-Straight-through estimator: the output is `sg(Σ y_l) + (x − sg(x))`. Its value is exactly Σ y_l (so a forward pass
-in eval mode equals `decode_indices(indices)` bit for bit) and its gradient with respect to x is the identity.
-MoMask applies a straight-through estimator per level instead, which multiplies the encoder's gradient by the
-number of active levels; we use one estimator on the sum (a global gradient scale, absorbed by Adam).
+Straight-through estimator (`straight_through`, a config key of the tokenizer: `model.straight_through`):
+- "sum" (ours): one estimator on the sum, output `sg(Σ y_l) + (x − sg(x))`. Its gradient with respect to x is the
+  identity.
+- "per_level" (the official MoMask / ReMoMask code): each level's output is its own estimate `r_l + sg(y_l − r_l)`
+  and the levels are summed; since every r_l = x − Σ_{m<l} sg(y_m) has the identity as its gradient, the
+  reconstruction gradient reaching the encoder is **A times** the identity, A = the number of active levels. We
+  compute it as `sg(Σ y_l) + A·(x − sg(x))`, which has that gradient.
+In both modes the value is exactly Σ y_l (so a forward pass in eval mode equals `decode_indices(indices)` bit for
+bit). The two modes are not a global gradient scale that Adam would absorb: the factor A multiplies only the
+reconstruction gradient, not the commitment gradient (which reaches x directly through each r_l, unscaled), so it
+changes the balance of the two terms; and under quantize dropout A changes from batch to batch (1..Q).
 """
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ def _distributed() -> bool:
     """True inside an initialised torch.distributed process group (torchrun): codebook statistics are all-reduced
     so every rank keeps identical codebooks."""
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+STRAIGHT_THROUGH = ("sum", "per_level")      # see the module docstring
 
 
 @dataclass
@@ -170,12 +180,17 @@ class ResidualVQ(nn.Module):
         nb_code, code_dim: codebook size K and width d of every level
         mu: EMA decay; quantize_dropout: probability of the per-batch level dropout
         sample: "argmax" (default, see module doc) or "gumbel"; gumbel_temperature: MoMask 0.5
+        straight_through: "sum" (default: gradient identity) or "per_level" (official: A × identity, A active levels)
     """
 
     def __init__(self, num_quantizers: int, nb_code: int, code_dim: int, mu: float = 0.99,
                  quantize_dropout: float = 0.2, sample: str = "argmax", gumbel_temperature: float = 0.5,
-                 reset_threshold: float = 1.0):
+                 reset_threshold: float = 1.0, straight_through: str = "sum"):
         super().__init__()
+        if straight_through not in STRAIGHT_THROUGH:
+            raise ValueError(f"models/quantizer.py: argument 'straight_through' must be one of {STRAIGHT_THROUGH}, "
+                             f"got {straight_through!r}")
+        self.straight_through = straight_through
         if num_quantizers < 1:
             raise ValueError(f"models/quantizer.py: argument 'num_quantizers' must be ≥ 1, got {num_quantizers}")
         if not 0.0 <= quantize_dropout <= 1.0:
@@ -213,7 +228,8 @@ class ResidualVQ(nn.Module):
         Args:
             num_levels: force the number of active levels (None = all, or the quantize-dropout draw in training)
         Returns:
-            quantized (N, T, d): value Σ_l y_l, straight-through gradient to x
+            quantized (N, T, d): value Σ_l y_l, straight-through gradient to x (identity, or A × identity with
+                straight_through="per_level", A = active levels)
             indices (N, T, Q): code index per level, −1 for levels skipped by quantize dropout
             commit_loss (): mean over active levels of MSE(r_l, sg(y_l))
             stats: QuantizerStats
@@ -260,7 +276,10 @@ class ResidualVQ(nn.Module):
         commit = commit / active
         live = torch.stack([(b.code_count >= b.reset_threshold).float().mean() for b in self.layers])
         perplexity, used, live = torch.stack([perplexity, used, live]).cpu()   # one device sync for the stats
-        out = quantized + (flat - flat.detach())          # value Σ y_l exactly; d out / d x = identity
+        # value Σ y_l exactly; d out / d x = identity ("sum") or active × identity ("per_level": the sum of the
+        # levels' own estimates r_l + sg(y_l − r_l), each r_l with gradient identity)
+        scale = float(active) if self.straight_through == "per_level" else 1.0
+        out = quantized + scale * (flat - flat.detach())
         stats = QuantizerStats(perplexity=perplexity, used=used, live=live, active=active_mask)
         return out.reshape(n, t, d), indices.reshape(n, t, self.num_quantizers), commit, stats
 

@@ -15,8 +15,11 @@ L_Leg the left-foot contacts (D-4:D-2). t2m part widths: 7/50/50/60/60/60 (joint
 KIT widths: 7/62/62/48/48/48 (joint 3 is in three parts).
 Each part has its own transformer: Linear(part dims -> 512), a learnable summary token, sinusoidal positions,
 4 layers, 4 heads, a key-padding mask. The six summary outputs are concatenated (6·512) and projected to 512
-(dropout 0.5, paper.md §7), then L2-normalised. `part_level=False` is the whole-body variant ("global retrieval"
-ablation, paper §2.2, Table 4): one transformer over all D dims. Two knobs exist only for small CPU runs:
+(dropout 0.5, paper.md §7; the official KIT-ML setting is 0.0), then L2-normalised. The projection head (of the
+motion encoder and of the text tower) is `projection_head`: "linear" (Dropout then Linear, ours) or "official"
+(Linear → GELU → Linear → Dropout → residual → LayerNorm, the official Part_TMR head; `models/projection_head.py`).
+`part_level=False` is the whole-body variant ("global retrieval" ablation, paper §2.2, Table 4): one transformer
+over all D dims. Two knobs exist only for small CPU runs:
 `part_width` (the part transformers' width; paper 512) and `frame_pool` (average n frames per token; paper 1).
 With the paper config and DistilBERT the model has 237.9M parameters, online plus momentum (paper Table 3: 238M).
 
@@ -36,6 +39,10 @@ negatives of text→motion). Choices, each a config flag:
   enqueue of this step's keys happen after the optimizer step (`after_optimizer_step`, paper Alg. 1). The official
   code instead updates the momentum encoders at the start of each step, before computing the keys. Over a run the
   two orders differ only at the first step.
+- `similarity` "normalized" (ours): the loss compares L2-normalised embeddings, logits = cos / τ. "official" (the
+  official code): the loss compares the **un-normalised** head outputs (with the official head: the outputs of its
+  final LayerNorm, of norm ≈ √512), logits = q·k / τ with τ = 0.07; the queues hold those un-normalised keys.
+  Evaluation, `encode_text` / `encode_motion` and the retrieval database always use L2-normalised embeddings.
 - Text backbone. When it is frozen (`text_freeze_backbone`, the MiniLM mini configs), its EMA copy would equal
   itself. So the online and momentum text encoders share the backbone (and its caption cache), and only the
   projection head has a momentum copy. A trained backbone (DistilBERT, paper) gets its own momentum copy.
@@ -53,13 +60,15 @@ from torch import Tensor, nn
 
 from datasets.registry import DATASETS, PART_NAMES, dataset_facts
 from datasets.representation import feature_dim, joint_feature_indices
+from models.projection_head import PROJECTION_HEADS, build_projection_head
 from models.text_encoders import (TOWER_MAX_TOKENS, TextEncoderConfig, TextTower, build_text_encoder_from_config,
                                   momentum_copy)
-from utils.tensors import lengths_to_mask
 from utils.checkpoint import tensor_fingerprint
+from utils.tensors import lengths_to_mask
 
 _MOD = "models/retriever.py"
 DATABASE_FORMAT_VERSION = 1
+SIMILARITIES = ("normalized", "official")   # model.similarity (module docstring)
 
 
 class RetrieverError(ValueError):
@@ -89,7 +98,9 @@ class RetrieverConfig:
     text_tiny: bool = False          # small random backbone (tests)
     text_random_init: bool = False   # real backbone size, random weights (benchmarks, offline)
     text_freeze_backbone: bool = False  # reference §6.4 trains the text tower (lr factor 1); mini freezes MiniLM
-    text_pooling: str = "mean"       # our choice (module docstring of models/text_encoders.py)
+    text_pooling: str = "mean"       # "mean" (ours) | "cls": the official code's first token (models/text_encoders.py)
+    projection_head: str = "linear"  # "linear": Dropout + Linear (ours) | "official": Part_TMR (projection_head.py)
+    similarity: str = "normalized"   # loss on L2-normalised embeddings (ours) | "official": un-normalised head outputs
     momentum: float = 0.99           # paper §2.1 m = 0.99 (reference §6.4; master branch 0.999)
     temperature: float = 0.07        # paper §2.1 τ
     queue_size: int = 65536          # paper §2.1 (both queues)
@@ -108,6 +119,15 @@ class RetrieverConfig:
     def validate(self) -> None:
         if self.dataset not in PART_JOINTS:
             raise RetrieverError(f"{_MOD}: model.dataset must be one of {sorted(PART_JOINTS)}, got {self.dataset!r}")
+        if self.projection_head not in PROJECTION_HEADS:
+            raise RetrieverError(f"{_MOD}: model.projection_head must be one of {PROJECTION_HEADS}, got "
+                                 f"{self.projection_head!r}")
+        if self.similarity not in SIMILARITIES:
+            raise RetrieverError(f"{_MOD}: model.similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.text_pooling not in ("mean", "cls"):
+            raise RetrieverError(f"{_MOD}: model.text_pooling must be 'mean' or 'cls', got {self.text_pooling!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise RetrieverError(f"{_MOD}: model.head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.loss_reduction not in ("mean", "sum"):
             raise RetrieverError(f"{_MOD}: model.loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
         if not 0.0 <= self.momentum <= 1.0:
@@ -211,7 +231,8 @@ def pool_frames(h: Tensor, pad: Tensor, n: int) -> tuple[Tensor, Tensor]:
 class PartMotionEncoder(nn.Module):
     """Part-level motion encoder f_pl (paper §2.1): six part transformers -> concat -> projection -> L2 norm.
 
-    forward(motion (B, T, D) normalised with the raw Std (reference §1.5), lengths (B,)) -> (B, latent_dim).
+    forward(motion (B, T, D) normalised with the raw Std (reference §1.5), lengths (B,), normalize=True)
+    -> (B, latent_dim); `normalize=False` returns the head output itself (the loss of `similarity=official`).
     With `cfg.part_level=False` one "body" transformer sees all D dims (whole-body / global variant).
     """
 
@@ -228,10 +249,10 @@ class PartMotionEncoder(nn.Module):
         for name, idx in splits.items():
             self.register_buffer(f"idx_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.parts = nn.ModuleDict({name: SequenceSummarizer(len(idx), cfg) for name, idx in splits.items()})
-        self.head = nn.Sequential(nn.Dropout(cfg.head_dropout),
-                                  nn.Linear(len(splits) * cfg.part_width, cfg.latent_dim))
+        self.head = build_projection_head(cfg.projection_head, len(splits) * cfg.part_width, cfg.latent_dim,
+                                          cfg.head_dropout)
 
-    def forward(self, motion: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, motion: Tensor, lengths: Tensor, normalize: bool = True) -> Tensor:
         if motion.ndim != 3 or motion.shape[-1] != self.dim:
             raise RetrieverError(f"{_MOD}: PartMotionEncoder expects motion (B, T, {self.dim}) for dataset "
                                  f"{self.cfg.dataset!r}, got {tuple(motion.shape)}")
@@ -243,7 +264,8 @@ class PartMotionEncoder(nn.Module):
         motion, lengths = motion[:, :T], lengths.clamp(max=T)
         pad = ~lengths_to_mask(lengths, T, motion.device)                                    # (B, T)
         feats = [self.parts[n](motion.index_select(-1, getattr(self, f"idx_{n}")), pad) for n in self.part_names]
-        return F.normalize(self.head(torch.cat(feats, dim=-1)), dim=-1)
+        out = self.head(torch.cat(feats, dim=-1))
+        return F.normalize(out, dim=-1) if normalize else out
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -255,7 +277,8 @@ def bmm_loss(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float, in_
     """One direction of the BMM loss (paper Eq. 4 or 6).
 
     Args:
-        q:     (B, D) online queries (L2-normalised), e.g. q^m_i = f_m(m_i) for motion→text
+        q:     (B, D) online queries (L2-normalised; un-normalised head outputs with similarity "official"),
+               e.g. q^m_i = f_m(m_i) for motion→text
         k:     (B, D) momentum keys of the paired modality; k_i is the positive of q_i
         queue: (K, D) filled queue entries of the paired modality (negatives), or None
     Returns:
@@ -350,13 +373,15 @@ class BMMRetriever(nn.Module):
                                  f"divides {self.cfg.queue_size}")
 
     # ---- encoders -----------------------------------------------------------------------------------------------
-    def encode_motion(self, motion: Tensor, lengths: Tensor) -> Tensor:
-        """motion (B, T, D), lengths (B,) -> (B, latent_dim) L2-normalised (online encoder)."""
-        return self.motion_encoder(motion, lengths)
+    def encode_motion(self, motion: Tensor, lengths: Tensor, normalize: bool = True) -> Tensor:
+        """motion (B, T, D), lengths (B,) -> (B, latent_dim) L2-normalised (online encoder; raw head output with
+        normalize=False)."""
+        return self.motion_encoder(motion, lengths, normalize=normalize)
 
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """B captions -> (B, latent_dim) L2-normalised (online encoder)."""
-        return F.normalize(self.text_tower(texts), dim=-1)
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> Tensor:
+        """B captions -> (B, latent_dim) L2-normalised (online encoder; raw head output with normalize=False)."""
+        out = self.text_tower(texts)
+        return F.normalize(out, dim=-1) if normalize else out
 
     @torch.no_grad()
     def encode_entries(self, dataset, entries: Sequence, batch_size: int = 64, progress: bool = False) -> Tensor:
@@ -382,8 +407,10 @@ class BMMRetriever(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, self.cfg.latent_dim)
 
     @torch.no_grad()
-    def momentum_keys(self, texts: Sequence[str], motion: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """k^t (B, latent_dim), k^m (B, latent_dim) from the momentum encoders (Eq. 3), L2-normalised."""
+    def momentum_keys(self, texts: Sequence[str], motion: Tensor, lengths: Tensor,
+                      normalize: bool = True) -> tuple[Tensor, Tensor]:
+        """k^t (B, latent_dim), k^m (B, latent_dim) from the momentum encoders (Eq. 3), L2-normalised (raw head
+        outputs with normalize=False)."""
         if self.momentum_text_backbone is None:
             feats = self.text_tower.features(texts)                 # shared frozen backbone (cached)
         else:
@@ -394,9 +421,9 @@ class BMMRetriever(nn.Module):
                 feats = tower.features(texts)
             finally:
                 tower.backbone = saved
-        k_t = F.normalize(self.momentum_text_head(feats), dim=-1)
-        k_m = self.momentum_motion_encoder(motion, lengths)
-        return k_t, k_m
+        k_t = self.momentum_text_head(feats)
+        k_m = self.momentum_motion_encoder(motion, lengths, normalize=normalize)
+        return (F.normalize(k_t, dim=-1) if normalize else k_t), k_m
 
     # ---- queues and EMA -----------------------------------------------------------------------------------------
     def queue_entries(self, which: str) -> Tensor:
@@ -452,10 +479,11 @@ class BMMRetriever(nn.Module):
         In training mode the momentum keys are kept for the next `after_optimizer_step`.
         """
         motion, lengths, texts = batch["motion"], batch["length"], batch["caption"]
-        q_m = self.encode_motion(motion, lengths)
-        q_t = self.encode_text(texts)
-        k_t, k_m = self.momentum_keys(texts, motion, lengths)
         cfg = self.cfg
+        norm = cfg.similarity == "normalized"      # "official": the loss sees the un-normalised head outputs
+        q_m = self.encode_motion(motion, lengths, normalize=norm)
+        q_t = self.encode_text(texts, normalize=norm)
+        k_t, k_m = self.momentum_keys(texts, motion, lengths, normalize=norm)
         red = cfg.loss_reduction
         loss_m2t = bmm_loss(q_m, k_t, self.queue_entries("text") if cfg.use_text_queue else None,
                             cfg.temperature, cfg.in_batch_negatives, red)
@@ -465,7 +493,7 @@ class BMMRetriever(nn.Module):
         if self.training:
             self._pending.append((k_t, k_m))
         with torch.no_grad():
-            sims = q_t @ q_m.t()
+            sims = F.normalize(q_t, dim=-1) @ F.normalize(q_m, dim=-1).t()
             target = torch.arange(sims.shape[0], device=sims.device)
             acc = (sims.argmax(1) == target).float().mean()
         logs = {"loss": float(loss.detach()), "loss_m2t": float(loss_m2t.detach()),
@@ -502,7 +530,8 @@ def build_text_tower(cfg: RetrieverConfig) -> TextTower:
     if cfg.text_encoder not in ("distilbert", "minilm"):
         raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
                              f"got {cfg.text_encoder!r}")
-    tower = build_text_encoder_from_config(cfg.text_encoder_config(), head_dropout=cfg.head_dropout)
+    tower = build_text_encoder_from_config(cfg.text_encoder_config(), head_dropout=cfg.head_dropout,
+                                           head=cfg.projection_head)
     if not isinstance(tower, TextTower):
         raise RetrieverError(f"{_MOD}: model.text_encoder must be a retriever tower ('distilbert' or 'minilm'), "
                              f"got {cfg.text_encoder!r}")

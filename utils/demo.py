@@ -10,7 +10,7 @@ before it runs), so the demo exercises the real entry points. The evaluations us
 one, `--fast`) instead of the protocol's 20 to keep the demo short; their reports say so. The demo ends by printing
 where its outputs are: the GIFs, BVHs and summary.json of the generated prompts, and every report.
 
-`--smoke` writes a 60-motion mini dataset into the runs root (unless --data is given) and runs every stage with tiny
+`--smoke` writes an 80-motion mini dataset into the runs root (unless --data is given) and runs every stage with tiny
 models for a few steps: it checks that the chain works (the end-to-end test uses it), not that it learns.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ DEMO_LENGTHS = (120, 80, 100)
 # Tiny sizes for --smoke: the real classes, a few steps each (the values of tests/tiny_stages.py)
 SMOKE = {
     "evaluator": ["train.max_steps=4", "train.batch_size=8", "train.val_every=4", "train.ckpt_every=4",
-                  "movement_pretrain_steps=2"],
-    "rvq": ["train.batch_size=4", "train.max_steps=4", "train.val_every=2", "train.ckpt_every=2",
+                  "loss.movement_pretrain_steps=2"],
+    "rvq": ["data.window_size=32", "train.batch_size=4", "train.max_steps=4", "train.val_every=2", "train.ckpt_every=2",
             "train.warmup_steps=0", "val.max_batches=2", "model.width=32", "model.code_dim=16", "model.nb_code=16",
             "model.global_width=32", "model.global_code_dim=16", "model.global_nb_code=16", "model.dropout=0.0"],
     "retriever": ["model.part_width=8", "model.layers=1", "model.heads=2", "model.ff_dim=16", "model.latent_dim=16",
@@ -49,9 +49,9 @@ SMOKE = {
     "length_estimator": ["length_model.hidden=[16]", "length_train.batch_size=8", "length_train.max_steps=4",
                          "length_train.val_every=4", "length_train.ckpt_every=4", "upstream.text.tiny=true"],
 }
-SMOKE_EVAL = ["--fast", "eval.batch_size=8", "eval.diversity_times=8", "eval.mm_batches=1", "eval.mm_repeats=2",
+SMOKE_EVAL = ["eval.batch_size=8", "eval.diversity_times=8", "eval.mm_batches=1", "eval.mm_repeats=2",
               "eval.mm_times=1"]
-SMOKE_MOTIONS = 60
+SMOKE_MOTIONS = 80
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,13 @@ def demo_steps(data: str, name: str, runs: str, smoke: bool = False) -> list[Ste
               *tiny("length_estimator")), "{runs}/length_estimator/{name}"),
     ]
     for stage in ("gt", "rvq", "retriever", "t2m"):
-        reps = ("--replications", "1" if stage == "t2m" or smoke else "5")
-        fast = SMOKE_EVAL if smoke else (["--fast"] if stage == "t2m" else [])
+        flags = ["--replications", "1" if stage == "t2m" or smoke else "5"]
+        flags += ["--fast"] if smoke or stage == "t2m" else []
+        overrides = SMOKE_EVAL + (["retrieval_protocols=[normal,table3]"] if stage == "retriever" else []) \
+            if smoke else []
         steps.append(Step(f"evaluation: {stage} (eval_t2m.py)", "eval_t2m.py",
-                          ("--stage", stage, *eval_common, *reps, *fast), f"{{runs}}/eval/{{name}}/{stage}/eval.md"))
+                          ("--stage", stage, *flags, *eval_common, *overrides),
+                          f"{{runs}}/eval/{{name}}/{stage}/eval.md"))
     gen = ["--runs-root", runs, "--name", name, "--out", f"{runs}/generate/{name}", "--seed", "0",
            "--prompts-file", prompts_file(runs, name)]
     steps.append(Step("generation (generate.py)", "generate.py", tuple(gen), "{runs}/generate/{name}/summary.json"))

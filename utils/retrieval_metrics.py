@@ -1,4 +1,4 @@
-"""Text↔motion retrieval metrics and the four TMR evaluation protocols (`reference.md` §8).
+"""Text↔motion retrieval metrics: the four TMR protocols and the paper's Table 3 protocol (`reference.md` §8).
 
     contrastive_metrics(sims (N, N), text_sims=None, threshold=None) -> {"t2m/R01": .., "t2m/MedR": .., "m2t/...": ..}
 
@@ -20,6 +20,15 @@ Protocols, each a function over the embeddings of a test split (one caption per 
   sentence embeddings; see its docstring). Such a selection is not TMR's list: label the numbers accordingly.
 - `protocol_guo`       "(d) guo": ids sorted, shuffled with the legacy `np.random.seed(0)` generator, cut into
   batches of 32 (remainder dropped), metrics averaged over the batches (then rounded).
+
+And the protocol that produced the paper's Table 3 (and Table 5), the official Part_TMR test (`reference.md` §8):
+
+- `protocol_table3`    "table3": the whole split, one caption per motion (the first annotation), as (a); every
+  gallery item whose caption string is **identical** to the query's caption counts as a hit, and the rank is the
+  best (smallest) rank among those positives. Ranks are positions in the similarity order, not averaged over ties:
+  items with exactly the same similarity keep their gallery (split) order, as a stable sort does
+  (`identical_caption_metrics`). The official code scores 100·cos, which orders like cos. Same R@k / MedR formulas.
+  Its numbers are not comparable to TMR's protocols (paper Table 3 R@1 13.76 is this protocol).
 """
 from __future__ import annotations
 
@@ -32,7 +41,7 @@ THRESHOLD = 0.95                               # reference §8 (TMR configs/retr
 NSIM_SIZE = 100                                # reference §8
 GUO_BATCH = 32                                 # reference §8
 GUO_SEED = 0                                   # reference §8
-PROTOCOLS = ("normal", "threshold", "nsim", "guo")
+PROTOCOLS = ("normal", "threshold", "nsim", "guo", "table3")
 
 SentenceEncoder = Callable[[list[str]], np.ndarray]
 
@@ -94,6 +103,38 @@ def contrastive_metrics(sims: np.ndarray, text_sims: np.ndarray | None = None, t
         positives |= np.eye(sims.shape[0], dtype=bool)
     out = _one_direction(sims, positives, "t2m", rounding)
     out.update(_one_direction(sims.T, None if positives is None else positives.T, "m2t", rounding))
+    return out
+
+
+def _first_positive_ranks(sims: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """0-based rank of the best positive of each row: the first positive in the row's order by descending
+    similarity, equal similarities in column order (a stable sort). Rows must hold at least one positive."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.argmax(np.take_along_axis(positives, order, axis=1), axis=1).astype(np.float64)
+
+
+def identical_caption_metrics(sims: np.ndarray, captions: Sequence[str],
+                              rounding: int | None = 2) -> dict[str, float]:
+    """The Table 3 protocol's metrics of a square similarity matrix (module docstring, `protocol_table3`).
+
+    Args:
+        sims:     (N, N), sims[i, j] = similarity of text i and motion j; the pair (i, i) is the annotated one.
+        captions: N caption strings (text i describes motion i); motion j is a hit for text i (and text j for
+                  motion i) when captions[j] == captions[i].
+    Returns:
+        dict with keys t2m/R01 R02 R03 R05 R10 MedR and m2t/... (R in percent).
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
+        raise ValueError(f"utils/retrieval_metrics.py: sims must be a square (N, N) text×motion matrix, got shape "
+                         f"{sims.shape}")
+    captions = list(captions)
+    if len(captions) != sims.shape[0]:
+        raise ValueError(f"utils/retrieval_metrics.py: {len(captions)} captions for a {sims.shape} similarity matrix")
+    _, codes = np.unique(np.asarray(captions, dtype=str), return_inverse=True)
+    positives = codes[:, None] == codes[None, :]                     # symmetric, diagonal True
+    out = _metrics_from_ranks(_first_positive_ranks(sims, positives), "t2m", rounding)
+    out.update(_metrics_from_ranks(_first_positive_ranks(sims.T, positives.T), "m2t", rounding))
     return out
 
 
@@ -213,6 +254,13 @@ def protocol_nsim(text_emb: np.ndarray, motion_emb: np.ndarray, ids: Sequence[st
     return contrastive_metrics(sims), [ids[i] for i in idx]
 
 
+def protocol_table3(text_emb: np.ndarray, motion_emb: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
+    """The paper's Table 3 protocol: the whole split, identical captions count as hits (`identical_caption_metrics`).
+
+    Similarities are 100·cos as in the official code (the factor changes no rank)."""
+    return identical_caption_metrics(100.0 * cosine_sims(text_emb, motion_emb), captions)
+
+
 def protocol_guo(text_emb: np.ndarray, motion_emb: np.ndarray, ids: Sequence[str],
                  batch_size: int = GUO_BATCH, seed: int = GUO_SEED) -> dict[str, float]:
     """(d) ids sorted, shuffled with np.random.seed(seed) (legacy MT19937 shuffle), batches of `batch_size` with the
@@ -235,7 +283,7 @@ def protocol_guo(text_emb: np.ndarray, motion_emb: np.ndarray, ids: Sequence[str
 def retrieval_protocols(text_emb: np.ndarray, motion_emb: np.ndarray, captions: Sequence[str], ids: Sequence[str],
                         protocols: Sequence[str] = PROTOCOLS, sentence_encoder: SentenceEncoder | None = None,
                         nsim_ids: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Run the requested TMR protocols on one split's embeddings (N, D) with its captions and ids.
+    """Run the requested protocols (TMR's four and "table3") on one split's embeddings (N, D) with its captions and ids.
 
     The caption similarities are computed once (only if "threshold" or "nsim" without a list is requested).
     """
@@ -258,4 +306,6 @@ def retrieval_protocols(text_emb: np.ndarray, motion_emb: np.ndarray, captions: 
                                          n=min(NSIM_SIZE, len(ids)) if nsim_ids is None else NSIM_SIZE)
         elif name == "guo":
             out[name] = protocol_guo(text_emb, motion_emb, ids)
+        elif name == "table3":
+            out[name] = protocol_table3(text_emb, motion_emb, captions)
     return out

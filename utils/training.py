@@ -61,6 +61,8 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # multistep: lr × gamma at each (reference §5.1: [150k, 250k])
     gamma: float = 0.1                # multistep decay factor (reference §5.1)
     min_lr: float = 0.0               # cosine floor (absolute lr of a factor-1 group)
+    cosine_length: float = 1.0        # cosine half-period (CosineAnnealingLR's T_max) in runs: 1 ends at min_lr;
+                                      # 2 = official retriever (T_max twice the run: ends at (lr + min_lr) / 2)
     grad_clip: float = 0.0            # max global grad norm; 0 = off
     bf16: bool = False                # bf16 autocast (CUDA only; ignored with a warning on CPU)
     fp16: bool = False                # fp16 autocast + loss scaling (CUDA GPUs without bf16)
@@ -114,7 +116,10 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
     Warm-up (reference §5.1): (step+1) / (warmup_steps+1) while step < warmup_steps. Then "constant": 1;
     "multistep": gamma ** (number of milestones <= step), applied on top of the warm-up as MultiStepLR does;
-    "cosine": from 1 down to min_lr / lr over the steps after the warm-up.
+    "cosine": from 1 towards min_lr / lr, CosineAnnealingLR's curve with T_max = cosine_length × the steps after
+    the warm-up: floor + (1 − floor)·(1 + cos(π·progress / cosine_length)) / 2, progress ∈ [0, 1] the fraction of
+    those steps done. cosine_length 1 reaches the floor at the end; 2 (the official retriever) ends at
+    (1 + floor) / 2, i.e. half the base rate with min_lr 0.
     """
     warm = (step + 1) / (cfg.warmup_steps + 1) if step < cfg.warmup_steps else 1.0
     if cfg.schedule == "constant":
@@ -127,7 +132,7 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
         span = max(1, total_steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress / cfg.cosine_length))
     raise ValueError(f"train.schedule={cfg.schedule!r}: expected one of {SCHEDULES}")
 
 
@@ -697,6 +702,9 @@ def check_train_config(cfg: TrainConfig, prefix: str = "train.") -> None:
             raise bad(key, "a number >= 0")
     if not cfg.gamma > 0:
         raise bad("gamma", "a number > 0")
+    if not cfg.cosine_length >= 1.0:
+        raise bad("cosine_length", "a number >= 1 (the cosine's T_max in runs: 1 ends at min_lr, 2 = official "
+                                   "retriever, ends at half the base lr)")
     if cfg.bf16 and cfg.fp16:
         raise ConfigError(f"{prefix}bf16 and {prefix}fp16 are both true: expected at most one of them (choose one)",
                           key=prefix + "fp16")

@@ -10,7 +10,8 @@
     write_retrieval_report(ckpt_path, data_cfg, out_dir, split="val") -> (md, json)   all protocols, one split
 
 Training (reference §6.4): Adam, base lr 1e-5, with lr factors motion ×10 / text ×1 / heads ×10 (`param_groups`),
-cosine annealing, batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
+cosine annealing (the paper configs: `train.cosine_length: 2`, the official T_max of twice the run, so the rate ends
+at half the base), batch 128, 200 epochs. The data is the "text" dataset with the **raw** Std (data.feat_bias 1,
 reference §1.5). The momentum EMA and the enqueue of the step's keys run in `after_optimizer_step`, after every
 optimizer step. With gradient accumulation each micro-batch's keys are enqueued in order.
 
@@ -19,8 +20,8 @@ epoch) on the **val** split. Each val entry contributes its first caption and it
 full motion; the protocol is "guo" (TMR protocol (d): batches of 32, for speed). The best checkpoint maximises
 val/R01_sum = t2m/R01 + m2t/R01. A val split with fewer than 32 entries falls back to protocol "normal" with a
 warning (write_retrieval_report and eval_t2m.py skip "guo" on such a split and say why).
-After training, train_retriever.py scores the kept checkpoint on val under all four protocols
-(`write_retrieval_report`: <run>/retrieval_val.md and .json).
+After training, train_retriever.py scores the kept checkpoint on val under all five protocols, TMR's four and the
+paper's Table 3 protocol "table3" (`write_retrieval_report`: <run>/retrieval_val.md and .json).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class RetrieverRunConfig:
     head_lr_factor: float = 10.0     # reference §6.4
     val_protocol: str = "guo"        # TMR protocol (d) on val, batches of 32 (reference §8); "normal" for tiny splits
     build_database: bool = True      # build the retrieval database from the train split after training
-    final_eval: bool = True          # after training: kept checkpoint on val, all 4 TMR protocols (retrieval_val.md)
+    final_eval: bool = True          # after training: kept checkpoint on val, TMR's 4 + table3 (retrieval_val.md)
     database_batch_size: int = 64    # encoding batch of the database build / evaluation (no effect on results)
 
 
@@ -87,10 +88,15 @@ class RetrieverStageConfig:
 def check_stage_config(cfg: RetrieverStageConfig, prefix: str = "") -> None:
     """Enumerated choices, the model's own rules and the data ↔ model dataset match, as one-line ConfigErrors naming
     the key (run by utils.config on loading, and by RetrieverTask)."""
+    from models.projection_head import PROJECTION_HEADS
+    from models.retriever import SIMILARITIES
+
     m = cfg.model
     check_choice(f"{prefix}model.dataset", m.dataset, DATASETS)
     check_choice(f"{prefix}model.text_encoder", m.text_encoder, TEXT_ENCODERS)
     check_choice(f"{prefix}model.text_pooling", m.text_pooling, ("mean", "cls"))
+    check_choice(f"{prefix}model.projection_head", m.projection_head, PROJECTION_HEADS)
+    check_choice(f"{prefix}model.similarity", m.similarity, SIMILARITIES)
     check_choice(f"{prefix}model.loss_reduction", m.loss_reduction, ("mean", "sum"))
     check_choice(f"{prefix}retriever.val_protocol", cfg.retriever.val_protocol, ("guo", "normal"))
     if cfg.retriever.database_batch_size < 1:
@@ -262,7 +268,7 @@ def evaluate_retriever(ckpt_path: str | Path, data_cfg: DataConfig, split: str =
                        sentence_encoder=None, nsim_ids: Sequence[str] | None = None,
                        batch_size: int = 64, retriever: tuple[BMMRetriever, dict] | None = None,
                        dataset: MotionTextDataset | None = None) -> dict[str, dict[str, float]]:
-    """TMR retrieval protocols (reference §8) of a retriever checkpoint on one split.
+    """Retrieval protocols (TMR's four and the paper's "table3", reference §8) of a retriever checkpoint on one split.
 
     Each entry contributes its first caption and its full motion. "threshold" and "nsim" (without `nsim_ids`) use
     caption similarities from `sentence_encoder` (default all-MiniLM-L6-v2, see utils.retrieval_metrics).
@@ -315,7 +321,7 @@ def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir:
                            num_entries: int | None = None, sentence_encoder=None,
                            retriever: tuple[BMMRetriever, dict] | None = None,
                            dataset: MotionTextDataset | None = None) -> tuple[Path, Path]:
-    """Score a retriever checkpoint on `split` under the TMR `protocols` (`evaluate_retriever`) and write
+    """Score a retriever checkpoint on `split` under the retrieval `protocols` (`evaluate_retriever`) and write
     `<out_dir>/retrieval_<split>.md` and `.json` (atomically). Returns (md path, json path).
 
     "guo" needs one batch of 32 entries: on a smaller split it is skipped, shown as "–" rows and explained under the
@@ -344,10 +350,13 @@ def write_retrieval_report(ckpt_path: str | Path, data_cfg: DataConfig, out_dir:
     if "nsim" in run_protocols:
         notes.append(f"nsim: {min(NSIM_SIZE, num_entries)} mutually dissimilar entries chosen from caption "
                      f"similarities (TMR's nsim_test.txt lists test entries only).")
+    if "table3" in run_protocols:
+        notes.append("table3: the paper's Table 3 protocol (official Part_TMR test): the whole split, identical "
+                     "captions count as hits; not comparable to TMR's protocols.")
     notes += [f"{p}: skipped ({why})." for p, why in skipped.items()]
     out_dir = Path(out_dir)
     md, js = out_dir / f"retrieval_{split}.md", out_dir / f"retrieval_{split}.json"
-    atomic_write_text(md, retrieval_markdown(table, f"Retriever on the {split} split (TMR protocols)",
+    atomic_write_text(md, retrieval_markdown(table, f"Retriever on the {split} split (retrieval protocols)",
                                              note="\n".join(f"- {n}" for n in notes)))
     report = {"checkpoint": str(ckpt_path), "split": split, "num_entries": num_entries, "data_root": data_cfg.root,
               "dataset": data_cfg.dataset, "protocols": results, "skipped": skipped}

@@ -81,6 +81,7 @@ def check_stage_config(cfg: RVQStageConfig, prefix: str = "") -> None:
     m, loss = cfg.model, cfg.loss
     check_choice(f"{prefix}model.dataset", m.dataset, DATASETS)
     check_choice(f"{prefix}model.sample", m.sample, ("argmax", "gumbel"))
+    check_choice(f"{prefix}model.straight_through", m.straight_through, ("sum", "per_level"))
     check_choice(f"{prefix}loss.recon", loss.recon, ("smooth_l1", "l1"))
     for key in ("width", "depth", "nb_code", "code_dim", "num_quantizers", "global_nb_code", "global_code_dim",
                 "global_width"):
