@@ -155,6 +155,22 @@ class LengthEstimator(nn.Module):
             within = ((pred - target).abs() <= 1).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc), "within1": float(within)}
 
+    @classmethod
+    def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> tuple["LengthEstimator", dict]:
+        """Rebuild from a `train_residual.py --length-estimator` checkpoint alone (its config.length_model), eval
+        mode on `device`. Returns (model, checkpoint). The one way to load a trained length estimator."""
+        from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+        from utils.config import from_dict
+
+        ckpt = load_checkpoint(path, stage="length_estimator", map_location="cpu")
+        section = (ckpt.get("config") or {}).get("length_model")
+        if not isinstance(section, dict):
+            raise CheckpointError(f"checkpoint {path} has no config.length_model section to rebuild the "
+                                  f"LengthEstimator from; was it written by `train_residual.py --length-estimator`?")
+        model = cls(from_dict(LengthEstimatorConfig, section, source=f"{path}: config.length_model"))
+        load_model_state(model, ckpt["model"], path)
+        return model.to(device).eval(), ckpt
+
     @torch.no_grad()
     def predict(self, t: Tensor, mode: str = "sample", generator: torch.Generator | None = None,
                 temperature: float = 1.0) -> Tensor:

@@ -42,7 +42,7 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
                     database=None, length_estimator=None, text_path: str | None = None,
                     device: str | torch.device = "cpu", allow_mismatch: bool = False) -> dict:
     """The keyword arguments of `ReMoMaskPipeline(...)` built from checkpoints (module docstring)."""
-    from models.length_estimator import LengthEstimator, LengthEstimatorConfig
+    from models.length_estimator import LengthEstimator
     from models.mask_transformer import MaskTransformer, MaskTransformerConfig
     from models.pipeline import Retrieval
     from models.residual_transformer import ResidualTransformer, ResidualTransformerConfig
@@ -86,16 +86,10 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
 
     estimator = None
     if length_estimator:
-        estimator, est_ckpt = load_model(str(length_estimator), LengthEstimator, LengthEstimatorConfig,
-                                         stage=_length_stage(str(length_estimator)), device=device)
+        estimator, _ = LengthEstimator.from_checkpoint(str(length_estimator), device)
         if estimator.cfg.dataset != tok.dataset:
             raise CheckpointError(f"length estimator {length_estimator} is for dataset {estimator.cfg.dataset!r}, "
                                   f"the tokenizer {tok_path} for {tok.dataset!r}")
     return dict(tokenizer=tok, text_encoder=text_encoder, mask=mask_model, residual=res_model, retrieval=retrieval,
                 length_estimator=estimator)
 
-
-def _length_stage(path: str) -> str:
-    from utils.checkpoint import load_checkpoint
-
-    return str(load_checkpoint(path).get("stage"))

@@ -332,13 +332,6 @@ def load_residual(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def load_length_estimator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LengthEstimator, dict]:
-    """Rebuild a LengthEstimator from its checkpoint alone (config.length_model; eval mode). Returns (model,
+    """Rebuild a LengthEstimator from its checkpoint alone (`LengthEstimator.from_checkpoint`). Returns (model,
     checkpoint)."""
-    ckpt = load_checkpoint(path, stage="length_estimator", map_location="cpu")
-    section = (ckpt.get("config") or {}).get("length_model")
-    if not isinstance(section, dict):
-        raise CheckpointError(f"checkpoint {path} has no config.length_model section to rebuild the LengthEstimator "
-                              f"from; was it written by `train_residual.py --length-estimator`?")
-    model = LengthEstimator(from_dict(LengthEstimatorConfig, section, source=f"{path}: config.length_model"))
-    load_model_state(model, ckpt["model"], path)
-    return model.to(device).eval(), ckpt
+    return LengthEstimator.from_checkpoint(path, device)
