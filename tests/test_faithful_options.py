@@ -313,7 +313,8 @@ def test_retriever_options_round_trip_through_config_and_checkpoint(tmp_path):
 
     over = ["model.similarity=official", "model.projection_head=official", "model.text_pooling=cls",
             "model.head_dropout=0.0", "train.cosine_length=2.0", "model.part_width=8", "model.layers=1",
-            "model.heads=2", "model.ff_dim=16", "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16"]
+            "model.heads=2", "model.ff_dim=16", "model.latent_dim=16", "model.text_tiny=true", "model.queue_size=16",
+            "train.batch_size=8"]   # a batch that divides the queue (checked at load)
     cfg = load_config(RetrieverStageConfig, "configs/mini/retriever.yaml", over)
     d = to_dict(cfg)
     assert from_dict(RetrieverStageConfig, d) == cfg

@@ -201,8 +201,10 @@ def check_resume_config(saved: dict, new: dict, source: str, only: Iterable[str]
         from utils.config import ConfigError
 
         raise ConfigError(f"--resume: {key}={value!r} differs from the run's {key}={old!r} ({source}); it cannot "
-                          f"change on resume (only {', '.join(RESUME_CHANGEABLE)} can); drop the override, or start "
-                          f"a new run with --overwrite or another --name", key=key)
+                          f"change on resume (what can: train.max_steps / epochs / lr / grad_clip, the log, val and "
+                          f"checkpoint frequencies, train.num_workers / device, data.root, the after-training switches "
+                          f"and upstream paths; utils.run_dir.RESUME_CHANGEABLE); drop the override, or start a new "
+                          f"run with --overwrite or another --name", key=key)
     return changed
 
 
