@@ -170,8 +170,10 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     ckpt = _checkpoint(cfg.checkpoints.rvq, "rvq", args)
     tok = MotionTokenizer.from_checkpoint(ckpt, device)
     if tok.dataset != cfg.data.dataset:
-        raise ValueError(f"tokenizer {ckpt} was trained on dataset {tok.dataset!r} but data.dataset="
-                         f"{cfg.data.dataset!r}")
+        from utils.checkpoint import CheckpointError
+
+        raise CheckpointError(f"tokenizer {ckpt} was trained on dataset {tok.dataset!r} but data.dataset="
+                              f"{cfg.data.dataset!r}")
     stats = (tok.mean, tok.std)
     ev_path = evaluator_path(cfg)
     if not Path(ev_path).exists():
@@ -240,8 +242,10 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         length = _checkpoint(cfg.checkpoints.length_estimator, "length_estimator", args)
     pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, length_estimator=length, device=device)
     if pipe.dataset != cfg.data.dataset:
-        raise ValueError(f"the pipeline of {mask} is for dataset {pipe.dataset!r} but data.dataset="
-                         f"{cfg.data.dataset!r}")
+        from utils.checkpoint import CheckpointError
+
+        raise CheckpointError(f"the pipeline of {mask} is for dataset {pipe.dataset!r} but data.dataset="
+                              f"{cfg.data.dataset!r}")
     if pipe.retrieval is not None:
         pipe.retrieval = CachedRetrieval(pipe.retrieval)
     evaluator = load_evaluator(cfg, device)
@@ -291,7 +295,7 @@ class CachedRetrieval:
 
 def _generate_items(pipe, captions, lengths, seeds):
     """One pipeline call for a batch of captions (duplicates allowed), item i seeded seeds[i]."""
-    return pipe(captions, lengths, seed=seeds)
+    return pipe(captions, lengths, seed=seeds, strict_lengths=False)    # reference crops can be < min length
 
 
 def _dataset_note(cfg: EvalStageConfig) -> str:

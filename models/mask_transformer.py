@@ -148,7 +148,7 @@ def token_map_config(rvq) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 def _rank(scores: Tensor) -> Tensor:
     """Rank of each entry along the last axis (0 = smallest)."""
-    return scores.argsort(dim=-1).argsort(dim=-1)
+    return scores.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True)     # ties: earlier position first
 
 
 def mask_2d(lengths: Tensor, time: int, columns: int, generator: torch.Generator | None = None,

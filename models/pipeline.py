@@ -109,6 +109,13 @@ class ReMoMaskPipeline:
             if width is not None and cfg.text_dim != width:
                 raise PipelineError(f"{_MOD}: the {name} transformer expects {cfg.text_dim}-d text features, the "
                                     f"text encoder gives {width}")
+        est = self.length_estimator
+        if est is not None and width is not None and est.cfg.text_dim != width:
+            raise PipelineError(f"{_MOD}: the length estimator expects {est.cfg.text_dim}-d text features, the text "
+                                f"encoder gives {width}")
+        if est is not None and est.cfg.dataset != self.dataset:
+            raise PipelineError(f"{_MOD}: the length estimator is for dataset {est.cfg.dataset!r}, the tokenizer for "
+                                f"{self.dataset!r}")
         if self.mask.uses_retrieval and self.retrieval is None:
             raise PipelineError(f"{_MOD}: the masked transformer is conditioned on retrieval (ablation "
                                 f"{m.ablation!r}) but no retrieval component was given")
@@ -132,9 +139,14 @@ class ReMoMaskPipeline:
         return next(self.mask.parameters()).device
 
     # ---- arguments ---------------------------------------------------------------------------------------------------
-    def check_lengths(self, lengths: Sequence[int]) -> Tensor:
-        """Frames (B,) inside the dataset's range, floored to a multiple of 4; a one-line PipelineError otherwise."""
+    def check_lengths(self, lengths: Sequence[int], strict: bool = True) -> Tensor:
+        """Frames (B,) inside the dataset's range, floored to a multiple of 4; a one-line PipelineError otherwise.
+
+        `strict=False` accepts [unit_length, pad_length]: the evaluation's ground-truth lengths, whose reference
+        crop (len // 4 − 1)·4 can fall below the dataset's minimum (36 frames for a 40-frame HumanML3D motion)."""
         lo, hi, unit = self.facts.min_length, self.facts.pad_length, self.facts.unit_length
+        if not strict:
+            lo = unit
         out = []
         for v in lengths:
             if isinstance(v, bool) or not float(v).is_integer():
@@ -152,7 +164,8 @@ class ReMoMaskPipeline:
                  num_samples: int = 1, *, steps: int | None = None, guidance_scale: float | None = None,
                  residual_guidance_scale: float | None = None, temperature: float | None = None,
                  topk_ratio: float | None = None, seed: int | Sequence[int] | None = 0,
-                 generator: torch.Generator | None = None, length_mode: str = "sample") -> MotionOutput:
+                 generator: torch.Generator | None = None, length_mode: str = "sample",
+                 strict_lengths: bool = True) -> MotionOutput:
         """Generate `num_samples` motions per prompt.
 
         Args:
@@ -163,6 +176,7 @@ class ReMoMaskPipeline:
             residual_guidance_scale: the residual transformer's (None = its config's, 5)
             seed: item i (prompt-major) uses a generator seeded seed + i (batch = one-by-one), or seed[i] for a
                 list of B seeds; ignored when `generator` is given
+            strict_lengths: False accepts lengths below the dataset's minimum (down to 4 frames; evaluation)
         Returns:
             MotionOutput with B = B_p · num_samples items.
         """
@@ -199,7 +213,7 @@ class ReMoMaskPipeline:
                           for p in range(len(prompts))]
             neighbours = [per_prompt[int(o)] for o in owner]
         # 3. lengths
-        frames = self._lengths(lengths, len(prompts), owner, t, gens, length_mode)
+        frames = self._lengths(lengths, len(prompts), owner, t, gens, length_mode, strict_lengths)
         steps_t = frames // self.tokenizer.downsample
         # 4. base layer, residual layers, decode
         base = self.mask.generate(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
@@ -226,13 +240,14 @@ class ReMoMaskPipeline:
             raw[rows, :n * down] = self.tokenizer.decode(tokens[rows.to(tokens.device), :n]).float().cpu()
         return raw
 
-    def _lengths(self, lengths, num_prompts: int, owner: Tensor, t: Tensor, gens, mode: str) -> Tensor:
+    def _lengths(self, lengths, num_prompts: int, owner: Tensor, t: Tensor, gens, mode: str,
+                 strict: bool = True) -> Tensor:
         if lengths is not None:
             values = [lengths] * num_prompts if isinstance(lengths, (int, np.integer, float)) else list(lengths)
             if len(values) != num_prompts:
                 raise PipelineError(f"{_MOD}: argument 'lengths' must hold one length or one per prompt "
                                     f"({num_prompts}), got {len(values)}")
-            return self.check_lengths(values)[owner]
+            return self.check_lengths(values, strict)[owner]
         if self.length_estimator is None:
             raise PipelineError(f"{_MOD}: no lengths given and no length estimator loaded; pass lengths (frames) or "
                                 f"a length estimator checkpoint")

@@ -79,14 +79,20 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
     if mask_model.uses_retrieval:
         ret_path = _upstream_path("retriever", retriever, (mask, mask_ckpt))
         _require(ret_path, "retriever", "train_retriever.py", mask)
-        encoder, db = load_retrieval(ret_path, device, dataset=tok.dataset, db_path=database)
+        recorded_db = ((mask_ckpt.get("extra") or {}).get("upstream") or {}).get("database") or {}
+        db_path = database or recorded_db.get("path") or None
+        encoder, db = load_retrieval(ret_path, device, dataset=tok.dataset, db_path=db_path)
         check_upstream(mask, mask_ckpt, "retriever", ret_path, encoder.weights_fingerprint(), allow_mismatch)
+        if recorded_db:
+            check_upstream(mask, mask_ckpt, "database", db_path or "<default database>", db.content_fingerprint(),
+                           allow_mismatch)
         k = int(((mask_ckpt.get("config") or {}).get("upstream") or {}).get("retrieval_k", 1))
         retrieval = Retrieval(encoder, db, k=k)
 
     estimator = None
     if length_estimator:
-        estimator, _ = LengthEstimator.from_checkpoint(str(length_estimator), device)
+        estimator, est_ckpt = LengthEstimator.from_checkpoint(str(length_estimator), device)
+        check_same_text_encoder(mask, mask_ckpt, str(length_estimator), est_ckpt)
         if estimator.cfg.dataset != tok.dataset:
             raise CheckpointError(f"length estimator {length_estimator} is for dataset {estimator.cfg.dataset!r}, "
                                   f"the tokenizer {tok_path} for {tok.dataset!r}")

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from models.retriever import RetrieverConfig, RetrieverError, build_text_tower, state_fingerprint
 from models.text_encoders import check_texts
 from utils.atomic import atomic_open
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state, tensor_fingerprint
 from utils.config import from_dict
 
 _MOD = "models/retrieval_database.py"
@@ -104,6 +104,11 @@ class RetrievalDatabase:
 
     def __len__(self) -> int:
         return len(self.motion_ids)
+
+    def content_fingerprint(self) -> str:
+        """Hash (16 hex) of the rows (features, motion ids, captions): identifies the database a stage trained on."""
+        return tensor_fingerprint({"text": self.text_feats.cpu(), "motion": self.motion_feats.cpu(),
+                                   "ids": "\n".join(self.motion_ids), "captions": "\n".join(self.captions)})
 
     def to(self, device: str | torch.device) -> "RetrievalDatabase":
         self.text_feats, self.motion_feats = self.text_feats.to(device), self.motion_feats.to(device)

@@ -525,11 +525,19 @@ def build_text_encoder_from_config(cfg: TextEncoderConfig, head_dropout: float =
                                    head: str = "linear") -> nn.Module:
     """The encoder `cfg` describes; its `.out_dim` is the feature width (B, out_dim). `head`: the projection head
     of a tower with out_dim > 0 ("linear" | "official", the retriever's model.projection_head)."""
+    import hashlib
+    import json
+
     ident = cfg.identity()
     pooling = "mean" if ident["pooling"] == "eot" else ident["pooling"]
-    encoder = build_text_encoder(cfg.name, cfg.path or None, tiny=cfg.tiny, random_init=cfg.random_init,
-                                 download=cfg.download, out_dim=cfg.out_dim, freeze_backbone=cfg.freeze_backbone,
-                                 pooling=pooling, head_dropout=head_dropout, cache=cache, head=head)
+    # Random parts (tiny / random_init encoders, a fresh projection head) are drawn from a generator seeded by the
+    # config's identity, never from the global RNG: the encoder a stage trained with is rebuilt exactly at inference.
+    seed = int(hashlib.sha256(json.dumps({**ident, "head": head}, sort_keys=True).encode()).hexdigest()[:15], 16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = build_text_encoder(cfg.name, cfg.path or None, tiny=cfg.tiny, random_init=cfg.random_init,
+                                     download=cfg.download, out_dim=cfg.out_dim, freeze_backbone=cfg.freeze_backbone,
+                                     pooling=pooling, head_dropout=head_dropout, cache=cache, head=head)
     if isinstance(encoder, TextTower):
         encoder.max_tokens = ident["max_length"]
     return encoder

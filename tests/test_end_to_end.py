@@ -26,7 +26,7 @@ def smoke_run(tmp_path_factory) -> Path:
         return Path(reuse)
     runs = tmp_path_factory.mktemp("smoke")
     proc = subprocess.run([sys.executable, "-m", "utils.demo", "--smoke", "--runs-root", str(runs)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "demo finished" in proc.stdout
     return runs

@@ -128,3 +128,27 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_truncated_with_a_warning
     (need, limit), = token_counts(clip, [long])
     assert limit == 77 and need > 77
     assert token_counts(clip, ["a person walks"]) == [(5, 77)]          # start + 3 words + end
+
+
+def test_evaluation_lengths_below_the_dataset_minimum_are_accepted_when_not_strict():
+    """The reference eval crop (len // 4 − 1)·4 gives 36 frames for a 40-frame motion: eval passes strict=False."""
+    from models.pipeline import PipelineError
+
+    pipe = tiny_pipeline()
+    assert pipe.check_lengths([36, 41], strict=False).tolist() == [36, 40]
+    with pytest.raises(PipelineError, match="outside the HumanML3D range"):
+        pipe.check_lengths([36])
+    with pytest.raises(PipelineError, match=r"range \[4, 196\]"):
+        pipe.check_lengths([2], strict=False)
+    out = pipe(PROMPTS[:1], lengths=[36], seed=0, steps=1, strict_lengths=False)
+    assert out.lengths.tolist() == [36] and out.motion(0).shape == (36, 22, 3)
+
+
+def test_the_length_estimator_must_read_the_same_text_feature():
+    from models.length_estimator import LengthEstimator, LengthEstimatorConfig
+    from models.pipeline import PipelineError, ReMoMaskPipeline
+
+    pipe = tiny_pipeline()
+    wrong = LengthEstimator(LengthEstimatorConfig(text_dim=pipe.text_encoder.out_dim + 1, hidden=[8]))
+    with pytest.raises(PipelineError, match="length estimator expects"):
+        ReMoMaskPipeline(pipe.tokenizer, pipe.text_encoder, pipe.mask, pipe.residual, pipe.retrieval, wrong)
