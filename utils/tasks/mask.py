@@ -161,6 +161,62 @@ def decode_base_layer(tokenizer, base: Tensor) -> Tensor:
     return tokenizer.decode(full)
 
 
+@torch.no_grad()
+def generate_base(model: MaskTransformer, frozen: FrozenUpstream, spec, captions, lengths, motion_ids=None,
+                  generator: torch.Generator | None = None, steps: int | None = None) -> Tensor:
+    """Layer-0 tokens (B, max T', C) of `model` for captions and lengths in frames (checked against `spec`'s range),
+    with the frozen text feature and retrieval (`motion_ids` excluded as in training; None = nothing)."""
+    lengths = check_lengths(lengths, spec)
+    device = next(model.parameters()).device
+    t = frozen.encode_texts(captions).to(device)
+    r_t = r_m = None
+    if model.uses_retrieval:
+        res = frozen.retrieve(captions, motion_ids)
+        r_t, r_m = res.r_t.to(device), res.r_m.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return model.generate(t, r_t, r_m, lengths // frozen.tokenizer.downsample, steps=steps, generator=generator)
+    finally:
+        model.train(was_training)
+
+
+def base_layer_generate_fn(model: MaskTransformer, frozen: FrozenUpstream, spec, steps: int | None = None):
+    """A `utils.evaluation.evaluate_t2m` generate function: base-layer generations decoded to raw features, drawing
+    only from the driver's generator (re-seeded on the model's device)."""
+    device = next(model.parameters()).device
+
+    def generate_fn(batch, generator=None):
+        seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else 0
+        g = torch.Generator(device=device).manual_seed(seed)
+        base = generate_base(model, frozen, spec, batch["caption"], batch["length"], batch.get("motion_id"), g, steps)
+        return decode_base_layer(frozen.tokenizer, base).cpu(), batch["length"]
+
+    return generate_fn
+
+
+def evaluate_mask_checkpoint(path: str | Path, evaluator_path: str, split: str = "test", replications: int = 1,
+                             device="cpu", data_root: str | None = None, meta_dir: str | None = None) -> dict:
+    """Score a mask checkpoint's base-layer generations on `split` with `utils.evaluation.evaluate_t2m` (batches of
+    32, no MultiModality; the residual levels are zero codes). Rebuilds everything from the checkpoint's config."""
+    from models.evaluator import load_official_evaluator
+    from utils.evaluation import EvalConfig, evaluate_t2m
+
+    ckpt = load_checkpoint(path, stage="mask", map_location="cpu")
+    cfg = from_dict(MaskStageConfig, ckpt["config"], source=f"{path}: config")
+    if data_root:
+        cfg.data.root = data_root
+    frozen = FrozenUpstream.load(cfg.upstream, cfg.data.dataset, device, retrieval=cfg.model.ablation != "no_retrieval")
+    model, _ = load_mask_transformer(path, frozen.tokenizer, device, None if not frozen.retrieval else
+                                     frozen.query_encoder.weights_fingerprint(), cfg.upstream.retriever)
+    evaluator = load_official_evaluator(evaluator_path, dataset=cfg.data.dataset, device=device, meta_dir=meta_dir)
+    tok = frozen.tokenizer
+    eval_set = build_dataset(cfg.data, split, "eval", stats=(tok.mean.numpy(), tok.std.numpy()))
+    ecfg = EvalConfig(replications=replications, mm_mode="off")
+    return evaluate_t2m(base_layer_generate_fn(model, frozen, get_spec(cfg.data)), eval_set, evaluator, ecfg,
+                        label="mask (base layer)")
+
+
 class _SpreadSubset(torch.utils.data.Subset):
     """A Subset that keeps the eval dataset's `denormalize` / `set_epoch` (what evaluate_t2m uses)."""
 
@@ -286,20 +342,8 @@ class MaskTask(TrainTask):
                  steps: int | None = None) -> Tensor:
         """Layer-0 token maps (B, max T', C) for captions and lengths in frames (checked against the dataset's
         range). `motion_ids` are excluded from retrieval as in training (None = nothing excluded)."""
-        lengths = check_lengths(lengths, get_spec(self.cfg.data))
-        frozen = self.frozen
-        t = frozen.encode_texts(captions)
-        r_t = r_m = None
-        if self.uses_retrieval:
-            res = frozen.retrieve(captions, motion_ids)
-            r_t, r_m = res.r_t.to(self.device), res.r_m.to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return self.model.generate(t, r_t, r_m, lengths // frozen.tokenizer.downsample, steps=steps,
-                                       generator=generator)
-        finally:
-            self.model.train(was_training)
+        return generate_base(self.model, self.frozen, get_spec(self.cfg.data), captions, lengths, motion_ids,
+                             generator, steps)
 
     def generation_metrics(self) -> dict[str, float]:
         """FID / R-precision / MM-Dist of base-layer generations on val batches (fast: 1 replication)."""
@@ -312,16 +356,7 @@ class MaskTask(TrainTask):
                         len(self.eval_set), v.eval_batch_size)
             return {}
         subset = _SpreadSubset(self.eval_set, np.linspace(0, len(self.eval_set) - 1, n).round().astype(int).tolist())
-        device = self.device
-        tok = self.frozen.tokenizer
-
-        def generate_fn(batch, generator=None):
-            seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else 0
-            g = torch.Generator(device=device).manual_seed(seed)
-            base = self.generate(batch["caption"], batch["length"], batch.get("motion_id"), generator=g,
-                                 steps=v.gen_steps or None)
-            motion = decode_base_layer(tok, base)
-            return motion.cpu(), batch["length"]
+        generate_fn = base_layer_generate_fn(self.model, self.frozen, get_spec(self.cfg.data), v.gen_steps or None)
 
         ecfg = EvalConfig(replications=1, batch_size=v.eval_batch_size, mm_mode="off", seed=self.cfg.train.seed,
                           diversity_times=min(300, n - 1))
