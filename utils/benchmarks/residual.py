@@ -7,7 +7,8 @@ Random weights and random full-length token maps (49 token steps = 196 frames, 7
 global column, Q = 6 levels). "mini": the model block of configs/mini/residual.yaml on the mini tokenizer's map
 (64 codes per codebook, MiniLM 384-d text); "paper": configs/humanml3d/residual.yaml (6 layers, 6 heads, 384-d,
 256 codes, CLIP 512-d). A training step is forward + backward + AdamW on one batch (the first step is warm-up and
-not timed); generation is `generate` on 8 prompts (5 layers, guidance 5 = doubled batch). Prints a Markdown table
+not timed; "CPU s / step" is the process time, which a shared machine's load inflates less than the wall time);
+generation is `generate` on 8 prompts (5 layers, guidance 5 = doubled batch). Prints a Markdown table
 and writes `<out>/bench_residual.json`.
 """
 from __future__ import annotations
@@ -54,10 +55,10 @@ def bench(size: str, device: torch.device, batch: int, steps: int, tokens: int =
     lengths = torch.full((batch,), tokens, device=device)
     g = torch.Generator(device=device).manual_seed(0)
     model.train()
-    times = []
+    times, cpu = [], []
     for step in range(steps + 1):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss, _ = model(tok, t, lengths, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,6 +66,7 @@ def bench(size: str, device: torch.device, batch: int, steps: int, tokens: int =
         _sync(device)
         if step:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     step_s = sum(times) / len(times)
     model.eval()
     b = min(8, batch)
@@ -74,6 +76,7 @@ def bench(size: str, device: torch.device, batch: int, steps: int, tokens: int =
     _sync(device)
     gen_s = time.perf_counter() - t0
     return {"size": size, "parameters": params, "batch": batch, "step_s": step_s, "steps_per_s": 1.0 / step_s,
+            "cpu_s_per_step": sum(cpu) / len(cpu),
             "generate_8_s": gen_s}
 
 
@@ -93,11 +96,11 @@ def main(argv=None) -> dict:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
               "rows": rows}
-    print("| size | parameters | batch | s / step | steps/s | generate 8 × 196 frames |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| size | parameters | batch | s / step (wall) | steps/s (wall) | CPU s / step | generate 8 × 196 frames |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['size']} | {r['parameters'] / 1e6:.2f} M | {r['batch']} | {r['step_s']:.3f} | "
-              f"{r['steps_per_s']:.2f} | {r['generate_8_s']:.2f} s |")
+              f"{r['steps_per_s']:.3f} | {r['cpu_s_per_step']:.3f} | {r['generate_8_s']:.2f} s |")
     out = Path(args.out)
     atomic_write_text(out / "bench_residual.json", json.dumps(report, indent=2))
     return report
