@@ -22,6 +22,9 @@ def stage_schema(stage: str) -> type:
     if stage == "evaluator":
         from utils.tasks.evaluator import EvaluatorStageConfig
         return EvaluatorStageConfig
+    if stage.startswith("mask"):
+        from utils.tasks.mask import MaskStageConfig
+        return MaskStageConfig
     if stage == "residual":
         from utils.tasks.residual import ResidualStageConfig
         return ResidualStageConfig
@@ -84,6 +87,29 @@ def test_eval_protocol_values(ds):
     cfg = load(CONFIGS / ds / "eval.yaml")
     assert cfg.eval.replications == 20 and cfg.eval.batch_size == 32 and cfg.split == "test"
     assert cfg.evaluator.path == f"checkpoints/{DATA_ROOTS[ds][1]}/text_mot_match/model/finest.tar"   # reference §3.1
+
+
+@pytest.mark.parametrize("ds", ["humanml3d", "kit"])
+def test_mask_paper_values(ds):
+    cfg = load(CONFIGS / ds / "mask.yaml")
+    m, t = cfg.model, cfg.train
+    assert (m.layers, m.heads, m.width) == (6, 8, 512)            # paper §2.5
+    assert m.cond_drop == pytest.approx(0.1) and m.guidance_scale == pytest.approx(4.0)
+    assert t.optimizer == "adamw" and t.lr == pytest.approx(2e-4) and t.batch_size == 256
+    assert t.betas == [0.9, 0.99] and t.weight_decay == pytest.approx(1e-5) and t.warmup_steps == 2000
+    assert cfg.upstream.text.name == "clip" and cfg.upstream.retrieval_k == 1
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "humanml3d" / "ablations").glob("mask_*.yaml")), ids=lambda p: p.stem)
+def test_mask_ablation_configs_differ_from_the_paper_config_only_in_the_ablation(path):
+    from utils.config import to_dict
+    base, abl = to_dict(load(CONFIGS / "humanml3d" / "mask.yaml")), to_dict(load_config(stage_schema("mask"), path))
+    assert abl["model"]["ablation"] == path.stem.removeprefix("mask_")
+    base["model"]["ablation"] = abl["model"]["ablation"]
+    if abl["model"]["ablation"] == "whole_body_retrieval":       # needs a whole-body retriever (part_level=false)
+        assert "whole_body" in abl["upstream"]["retriever"]
+        base["upstream"]["retriever"] = abl["upstream"]["retriever"]
+    assert abl == base
 
 
 @pytest.mark.parametrize("ds", ["humanml3d", "kit"])

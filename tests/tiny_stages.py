@@ -56,3 +56,14 @@ def train_tiny_upstream(root, runs_root) -> dict:
                                  "--name", "tiny", *tiny_retriever_overrides(root, **{"retriever.final_eval": False})]) == 0
     return {"tokenizer": str(runs_root / "rvq" / "tiny" / "checkpoints" / "best.pt"),
             "retriever": str(runs_root / "retriever" / "tiny" / "checkpoints" / "best.pt")}
+
+
+def tiny_mask_overrides(root, upstream: dict, cache_dir, **extra) -> list[str]:
+    """train_mask_transformer.py overrides: a tiny MaskTransformer, 3 steps, on `upstream` (train_tiny_upstream)."""
+    over = [f"data.root={root}", "train.device=cpu", "model.layers=1", "model.heads=2", "model.width=16",
+            "model.ff_dim=32", "model.dropout=0.0", "model.steps=2", "train.batch_size=4", "train.max_steps=3",
+            "train.val_every=2", "train.ckpt_every=2", "train.warmup_steps=0", "train.log_every=1",
+            "val.max_batches=2", "val.evaluator=", f"upstream.tokenizer={upstream['tokenizer']}",
+            f"upstream.retriever={upstream['retriever']}", f"upstream.cache_dir={cache_dir}",
+            "upstream.encode_batch_size=16", *tiny_text_overrides()]
+    return over + [f"{k}={_yaml(v)}" for k, v in extra.items()]
