@@ -78,6 +78,17 @@ def test_a_residual_checkpoint_of_another_tokenizer_is_refused(residual_run, tin
     assert str(residual_run["best"]) in msg and "runs/rvq/other/best.pt" in msg and "\n" not in msg
 
 
+def test_a_tokenizer_with_another_token_map_is_refused_naming_both_files(residual_run):
+    from models.rvq import RVQConfig, RVQVAE2D
+    from tests.tiny_stages import tiny_rvq_model_cfg
+
+    rvq = RVQVAE2D(RVQConfig(**tiny_rvq_model_cfg(global_branch=True), num_quantizers=3))
+    other = MotionTokenizer(model=rvq, mean=torch.zeros(263), std=torch.ones(263), config={}, path="runs/rvq/q3.pt")
+    with pytest.raises(CheckpointError, match="num_quantizers 6 vs 3") as err:
+        load_residual(residual_run["best"], tokenizer=other)
+    assert str(residual_run["best"]) in str(err.value) and "runs/rvq/q3.pt" in str(err.value)
+
+
 def test_a_base_token_map_of_another_tokenizer_is_refused_naming_both_files(residual_run):
     ckpt = load_checkpoint(residual_run["best"], stage="residual")
     mask_ckpt = {"extra": {"upstream": {"tokenizer": {"path": "runs/rvq/b/best.pt", "fingerprint": "ffff"}}}}
