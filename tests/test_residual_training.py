@@ -152,3 +152,30 @@ def test_residual_layers_lower_the_reconstruction_error_of_the_base_layer_alone(
           f"{[round(m[f'val/acc/l{l}'], 3) for l in range(1, 6)]}")
     assert full < base
     assert upper < base
+
+
+def test_a_missing_tokenizer_exits_2_naming_the_key(tmp_path, mini_root, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_residual.main(["--runs-root", str(tmp_path), *tiny_residual_overrides(mini_root, tmp_path / "none.pt",
+                                                                                     tmp_path / "cache")])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "upstream.tokenizer" in msg and "none.pt" in msg
+
+
+def test_resume_next_to_another_tokenizer_exits_2(residual_run, mini_root, tmp_path, capsys):
+    import shutil
+    import train_rvq
+    from tests.tiny_stages import tiny_rvq_overrides
+
+    runs = tmp_path / "runs"
+    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(runs), "--name", "other",
+                    *tiny_rvq_overrides(mini_root, **{"model.global_branch": True, "train.max_steps": 1,
+                                                      "train.seed": 7, "val.render": False})])
+    shutil.copytree(residual_run["runs"] / "residual" / "tiny", runs / "residual" / "tiny")
+    with pytest.raises(SystemExit) as err:
+        train_residual.main(["--runs-root", str(runs), "--name", "tiny", "--resume",
+                             *tiny_residual_overrides(mini_root, runs / "rvq" / "other" / "checkpoints" / "best.pt",
+                                                      tmp_path / "cache", **{"train.max_steps": 3})])
+    assert err.value.code == 2
+    assert "other" in capsys.readouterr().err
