@@ -26,7 +26,7 @@ from models.mask_transformer import MaskTransformer, MaskTransformerConfig
 from utils.atomic import atomic_write_text
 
 SIZES = {
-    "mini": dict(layers=3, heads=4, width=128, ff_dim=256, dropout=0.1, codebook_sizes=[64] * 7, text_dim=384),
+    "mini": dict(layers=3, heads=4, width=128, ff_dim=256, dropout=0.0, codebook_sizes=[64] * 7, text_dim=384),
     "paper": dict(layers=6, heads=8, width=512, ff_dim=1024, dropout=0.2, codebook_sizes=[256] * 7, text_dim=512),
 }
 
