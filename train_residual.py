@@ -13,14 +13,16 @@ loss / accuracy and the reconstruction errors of the decoded motions: the tokeni
 the ground-truth base layer alone, and the "upper bound" diagnostic (ground-truth base + generated residual layers),
 which is not text-to-motion quality. Outputs go to runs/residual/<name>/ (runs/length_estimator/<name>/ with
 --length-estimator, trained with the length_train block): config.yaml, checkpoints/{last,best}.pt, tb/.
+A missing tokenizer, or one other than the run was trained on (--resume), stops with one line (exit code 2).
 """
 from __future__ import annotations
 
 import sys
 
+from utils.checkpoint import CheckpointError
 from utils.config import load_stage_config, stage_parser
 from utils.run_dir import RunDir
-from utils.tasks.generator_data import GeneratorDataset, collate_generator
+from utils.tasks.generator_data import GeneratorDataError, GeneratorDataset, collate_generator
 from utils.tasks.residual import LengthEstimatorTask, LengthItems, ResidualStageConfig, ResidualTask, WholeEntries
 from utils.training import Trainer, seed_everything
 
@@ -44,7 +46,12 @@ def main(argv=None) -> dict:
         task = ResidualTask(cfg, train_gen, val_gen)
         train_set, val_set = train_gen, WholeEntries(val_gen)
     run = RunDir(stage, args.name, args.runs_root, resume=args.resume, overwrite=args.overwrite)
-    return Trainer(task, train_cfg, run, train_set, val_set, collate_fn=collate_generator, config=cfg).fit()
+    try:
+        trainer = Trainer(task, train_cfg, run, train_set, val_set, collate_fn=collate_generator, config=cfg)
+    except (CheckpointError, GeneratorDataError) as err:      # upstream missing or not the run's: one line, exit 2
+        print(f"train_residual.py: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return trainer.fit()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,17 @@ def test_a_residual_checkpoint_of_another_tokenizer_is_refused(residual_run, tin
     assert str(residual_run["best"]) in msg and "runs/rvq/other/best.pt" in msg and "\n" not in msg
 
 
+def test_a_tokenizer_with_another_token_map_is_refused_naming_both_files(residual_run):
+    from models.rvq import RVQConfig, RVQVAE2D
+    from tests.tiny_stages import tiny_rvq_model_cfg
+
+    rvq = RVQVAE2D(RVQConfig(**tiny_rvq_model_cfg(global_branch=True), num_quantizers=3))
+    other = MotionTokenizer(model=rvq, mean=torch.zeros(263), std=torch.ones(263), config={}, path="runs/rvq/q3.pt")
+    with pytest.raises(CheckpointError, match="num_quantizers 6 vs 3") as err:
+        load_residual(residual_run["best"], tokenizer=other)
+    assert str(residual_run["best"]) in str(err.value) and "runs/rvq/q3.pt" in str(err.value)
+
+
 def test_a_base_token_map_of_another_tokenizer_is_refused_naming_both_files(residual_run):
     ckpt = load_checkpoint(residual_run["best"], stage="residual")
     mask_ckpt = {"extra": {"upstream": {"tokenizer": {"path": "runs/rvq/b/best.pt", "fingerprint": "ffff"}}}}
@@ -141,3 +152,30 @@ def test_residual_layers_lower_the_reconstruction_error_of_the_base_layer_alone(
           f"{[round(m[f'val/acc/l{l}'], 3) for l in range(1, 6)]}")
     assert full < base
     assert upper < base
+
+
+def test_a_missing_tokenizer_exits_2_naming_the_key(tmp_path, mini_root, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_residual.main(["--runs-root", str(tmp_path), *tiny_residual_overrides(mini_root, tmp_path / "none.pt",
+                                                                                     tmp_path / "cache")])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "upstream.tokenizer" in msg and "none.pt" in msg
+
+
+def test_resume_next_to_another_tokenizer_exits_2(residual_run, mini_root, tmp_path, capsys):
+    import shutil
+    import train_rvq
+    from tests.tiny_stages import tiny_rvq_overrides
+
+    runs = tmp_path / "runs"
+    train_rvq.main(["--config", "configs/mini/rvq.yaml", "--runs-root", str(runs), "--name", "other",
+                    *tiny_rvq_overrides(mini_root, **{"model.global_branch": True, "train.max_steps": 1,
+                                                      "train.seed": 7, "val.render": False})])
+    shutil.copytree(residual_run["runs"] / "residual" / "tiny", runs / "residual" / "tiny")
+    with pytest.raises(SystemExit) as err:
+        train_residual.main(["--runs-root", str(runs), "--name", "tiny", "--resume",
+                             *tiny_residual_overrides(mini_root, runs / "rvq" / "other" / "checkpoints" / "best.pt",
+                                                      tmp_path / "cache", **{"train.max_steps": 3})])
+    assert err.value.code == 2
+    assert "other" in capsys.readouterr().err

@@ -68,6 +68,13 @@ def _default_length_train() -> TrainConfig:
     return TrainConfig(batch_size=64, lr=1e-4, betas=[0.9, 0.99], weight_decay=1e-5, optimizer="adamw")
 
 
+def _paper_upstream() -> GeneratorUpstreamConfig:
+    from models.text_encoders import TextEncoderConfig
+    # ARCHITECTURE §1 order (train_rvq.py output); paper §2.4 frozen CLIP ViT-B/32 text feature; no retrieval (§2.6)
+    return GeneratorUpstreamConfig(tokenizer="runs/rvq/humanml3d/checkpoints/best.pt", retriever="",
+                                   text=TextEncoderConfig(name="clip", path="checkpoints/clip/ViT-B-32.pt"))
+
+
 @dataclass
 class ResidualValConfig:
     max_batches: int = 0             # val batches per validation; 0 = the whole val split
@@ -78,7 +85,7 @@ class ResidualValConfig:
 @dataclass
 class ResidualStageConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    upstream: GeneratorUpstreamConfig = field(default_factory=GeneratorUpstreamConfig)
+    upstream: GeneratorUpstreamConfig = field(default_factory=_paper_upstream)
     model: ResidualTransformerConfig = field(default_factory=ResidualTransformerConfig)
     train: TrainConfig = field(default_factory=_default_train)
     val: ResidualValConfig = field(default_factory=ResidualValConfig)
@@ -324,10 +331,20 @@ def check_same_tokenizer(path_a: str | os.PathLike, ckpt_a: Mapping[str, Any], p
 def load_residual(path: str | os.PathLike, device: str | torch.device = "cpu",
                   tokenizer=None) -> tuple[ResidualTransformer, dict]:
     """Rebuild a ResidualTransformer from its checkpoint alone (eval mode). With `tokenizer` (a MotionTokenizer),
-    refuse a checkpoint trained on another tokenizer (message names both files). Returns (model, checkpoint)."""
+    refuse a checkpoint trained on another tokenizer: other fingerprint, columns, codebook sizes or levels (the
+    one-line message names both files). Returns (model, checkpoint)."""
     model, ckpt = load_model(path, ResidualTransformer, ResidualTransformerConfig, stage="residual", device=device)
     if tokenizer is not None:
-        check_upstream(path, ckpt, "tokenizer", tokenizer.path or "<in memory>", tokenizer.fingerprint)
+        tok_path = getattr(tokenizer, "path", "") or "<in memory>"
+        if hasattr(tokenizer, "model"):
+            theirs = token_map_config(tokenizer)
+            mine = {k: getattr(model.cfg, k) for k in theirs}
+            mine["codebook_sizes"] = [int(v) for v in mine["codebook_sizes"]]
+            if mine != theirs:
+                diff = "; ".join(f"{k} {mine[k]} vs {theirs[k]}" for k in theirs if mine[k] != theirs[k])
+                raise CheckpointError(f"residual transformer {path} does not fit tokenizer {tok_path} ({diff}); use "
+                                      f"the tokenizer it was trained with")
+        check_upstream(path, ckpt, "tokenizer", tok_path, tokenizer.fingerprint)
     return model, ckpt
 
 
