@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import CheckpointError, check_same_text_encoder, check_upstream, load_model
+from utils.checkpoint import (CheckpointError, check_same_text_encoder, check_upstream, load_model,
+                              tensor_fingerprint)
 
 _MOD = "models/pipeline_loading.py"
 
@@ -74,6 +75,17 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
     if text_path:
         text_cfg = dataclasses.replace(text_cfg, path=str(text_path))
     text_encoder = build_text_encoder_from_config(text_cfg).to(device).eval()
+    weights = tensor_fingerprint(text_encoder.state_dict())
+    for path, ckpt in ((mask, mask_ckpt), (residual, res_ckpt)):
+        recorded = (ckpt.get("extra") or {}).get("text_weights")
+        if recorded and recorded != weights:
+            msg = (f"{path} was trained with text encoder weights {recorded}, but the text encoder rebuilt from "
+                   f"{text_cfg.path or text_cfg.name!r} has {weights}; pass the weights it was trained with "
+                   f"(--text-path)")
+            if not allow_mismatch:
+                raise CheckpointError(msg)
+            import warnings
+            warnings.warn(msg + " (allowed by the override)", stacklevel=2)
 
     retrieval = None
     if mask_model.uses_retrieval:

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from datasets.motion_dataset import DataConfig, build_dataset, get_spec
 from models.mask_transformer import MaskTransformer, MaskTransformerConfig, token_map_config
-from utils.checkpoint import CheckpointError, check_upstream, load_checkpoint, load_model_state, upstream_record
+from utils.checkpoint import (CheckpointError, check_upstream, load_checkpoint, load_model_state, tensor_fingerprint,
+                              upstream_record)
 from utils.config import ConfigError, bad_value, from_dict
 from utils.tasks.generator_data import (FrozenUpstream, GeneratorDataError, GeneratorDataset,
                                         GeneratorUpstreamConfig, check_lengths, prepare_splits, trim_batch)
@@ -294,11 +295,18 @@ class MaskTask(TrainTask):
         out = {"tokenizer": upstream_record(self.cfg.upstream.tokenizer, f.tokenizer.fingerprint)}
         if f.retrieval:
             out["retriever"] = upstream_record(self.cfg.upstream.retriever, f.query_encoder.weights_fingerprint())
+            if getattr(self, "_database_record", None) is None:      # hashed once (72k rows: about a second)
+                from models.retrieval_database import default_database_path
+                path = self.cfg.upstream.database or str(default_database_path(self.cfg.upstream.retriever))
+                self._database_record = upstream_record(path, f.database.content_fingerprint())
+            out["database"] = self._database_record
         return out
 
     def extra_state(self) -> dict:
+        """The text encoder (identity and weights' fingerprint) and the retrieval settings, read at inference."""
         return {"text_encoder": self.cfg.upstream.text.identity(), "exclude": self.cfg.upstream.exclude,
-                "retrieval_k": int(self.cfg.upstream.retrieval_k)}
+                "retrieval_k": int(self.cfg.upstream.retrieval_k),
+                "text_weights": tensor_fingerprint(self.frozen.text_encoder.state_dict())}
 
     # -- training --------------------------------------------------------------------------------------------
     def _generator(self, step: int, device: torch.device) -> torch.Generator:

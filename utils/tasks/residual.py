@@ -46,7 +46,7 @@ from datasets.motion_dataset import DataConfig
 from models.length_estimator import LengthEstimator, LengthEstimatorConfig
 from models.residual_transformer import ResidualTransformer, ResidualTransformerConfig, token_map_config
 from utils.checkpoint import (CheckpointError, check_upstream, load_checkpoint, load_model, load_model_state,
-                              upstream_record)
+                              tensor_fingerprint, upstream_record)
 from utils.config import ConfigError, bad_value, from_dict, to_dict
 from utils.tasks.generator_data import (FrozenUpstream, GeneratorDataset, GeneratorUpstreamConfig, prepare_splits,
                                         trim_batch)
@@ -181,7 +181,9 @@ class _GeneratorTaskBase(TrainTask):
         return {"tokenizer": upstream_record(self.cfg.upstream.tokenizer, tok.fingerprint)}
 
     def extra_state(self) -> dict:
-        return {"text_encoder": self.cfg.upstream.text.identity()}
+        """The text encoder (identity and weights' fingerprint), read at inference."""
+        return {"text_encoder": self.cfg.upstream.text.identity(),
+                "text_weights": tensor_fingerprint(self.frozen.text_encoder.state_dict())}
 
 
 class ResidualTask(_GeneratorTaskBase):
