@@ -123,9 +123,12 @@ def test_exclusion_none_may_retrieve_the_query_itself(frozen, mini_root, tmp_pat
 
 def test_check_lengths_names_the_dataset_range():
     spec = get_spec("t2m")
-    assert check_lengths([40, 196], spec).tolist() == [40, 196]
-    with pytest.raises(GeneratorDataError, match=r"lengths=200: expected frames in the t2m range \[40, 196\]"):
+    assert check_lengths([36, 196], spec).tolist() == [36, 196]     # the dataset's crops go one unit below 40
+    with pytest.raises(GeneratorDataError, match=r"lengths=200: expected frames in the t2m range \[36, 196\]"):
         check_lengths([40, 200], spec)
+    with pytest.raises(GeneratorDataError, match=r"lengths=32: .*\[36, 196\]"):
+        check_lengths([32], spec)
+    assert gd.length_range(get_spec("kit")) == (20, 196)
     with pytest.raises(GeneratorDataError, match="multiple of 4"):
         check_lengths([42], spec)
 

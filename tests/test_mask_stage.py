@@ -123,7 +123,7 @@ def test_sample_lengths_outside_the_dataset_range_exit_2_naming_the_range(tmp_pa
         _run(["--runs-root", str(tmp_path), "val.sample_prompts=[a person walks]", "val.sample_lengths=[240]"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "val.sample_lengths=240" in err and "[40, 196]" in err
+    assert "val.sample_lengths=240" in err and "[36, 196]" in err
 
 
 def test_missing_tokenizer_exits_2_with_the_fix(mini_root, tmp_path, capsys):
@@ -196,7 +196,5 @@ def test_mini_generations_score_r_precision_well_above_chance(tmp_path):
     gt = report["metrics"]["gt"]
     summary = {k: gen[k]["mean"] for k in gen} | {f"gt_{k}": gt[k]["mean"] for k in gt}
     print("mini mask stage (base layer):", json.dumps(summary))
-    (REPO / "runs").mkdir(exist_ok=True)
-    (REPO / "runs" / "slow_mask_mini.json").write_text(json.dumps(summary, indent=2))
     assert gen["R_precision_top3"]["mean"] > 3 * 3 / 32
     assert gen["R_precision_top1"]["mean"] > 3 * 1 / 32

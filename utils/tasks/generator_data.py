@@ -100,14 +100,21 @@ def cache_folder(cfg: GeneratorUpstreamConfig, data_cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(data_cfg.root) / ".cache"
 
 
+def length_range(spec: DatasetSpec) -> tuple[int, int]:
+    """[lo, hi] frames of the motions the dataset yields: its crops (reference.md §1.3) are multiples of
+    unit_length, one unit short of the shortest motion with probability 1/3 (t2m: [36, 196], kit: [20, 196])."""
+    u = spec.unit_length
+    return max(u, (spec.min_length // u - 1) * u), spec.pad_length // u * u
+
+
 def check_lengths(lengths, spec: DatasetSpec, name: str = "lengths") -> Tensor:
-    """Frames (B,) inside the dataset's range [spec.min_length, spec.pad_length] and multiples of 4, or a one-line
+    """Frames (B,) inside the dataset's range (`length_range`) and multiples of unit_length, or a one-line
     GeneratorDataError naming the range. Returns them as a long tensor."""
     values = torch.as_tensor(lengths).reshape(-1)
     if values.dtype.is_floating_point or values.dtype == torch.bool:
         raise GeneratorDataError(f"{name} must be integer frame counts, got dtype {values.dtype}")
     values = values.long()
-    lo, hi, unit = spec.min_length, spec.pad_length, spec.unit_length
+    (lo, hi), unit = length_range(spec), spec.unit_length
     bad = [int(v) for v in values if not lo <= int(v) <= hi or int(v) % unit]
     if bad:
         raise GeneratorDataError(f"{name}={bad[0]}: expected frames in the {spec.name} range [{lo}, {hi}] and a "
