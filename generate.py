@@ -186,15 +186,23 @@ def main(argv=None) -> int:
     from utils.training import select_device
 
     device = select_device(args.device)
-    pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, tokenizer=args.tokenizer, retriever=args.retriever,
-                                             length_estimator=_length_estimator(args), text_path=args.text_path,
-                                             device=device, allow_mismatch=args.allow_mismatch)
+    from models.pipeline import PipelineError
+    from utils.checkpoint import CheckpointError
+
+    try:     # checkpoints that do not belong together are a bad argument of this command: exit code 2
+        pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, tokenizer=args.tokenizer, retriever=args.retriever,
+                                                 length_estimator=_length_estimator(args), text_path=args.text_path,
+                                                 device=device, allow_mismatch=args.allow_mismatch)
+    except (CheckpointError, PipelineError) as err:
+        raise GenerateError(str(err)) from None
     lengths = [l if l is not None else args.length for _, l in prompts]
     if any(l is None for l in lengths) and pipe.length_estimator is None:
         raise GenerateError("a prompt has no length and no length estimator was found: give --length FRAMES, "
                             "'text#length' lines, or --length-estimator PATH")
-    if all(l is not None for l in lengths):
-        pipe.check_lengths(lengths)                      # fail on a bad length before generating anything
+    try:                                                 # fail on a bad length before generating anything
+        pipe.check_lengths([l for l in lengths if l is not None])
+    except PipelineError as err:
+        raise GenerateError(f"--length / prompts file: {err}") from None
     fps = pipe.facts.fps
     samples, index = [], 0
     for p, ((text, _), length) in enumerate(tqdm(list(zip(prompts, lengths)), desc="prompts", unit="prompt")):
