@@ -33,10 +33,11 @@ def _upstream_path(name: str, explicit, *ckpts: tuple[str, dict]) -> str:
                           f"(--{name} PATH)")
 
 
-def _require(path: str, name: str, script: str, source: str) -> None:
+def _require(path: str, name: str, script: str, source: str, explicit: bool = False) -> None:
     if not Path(path).is_file():
-        raise CheckpointError(f"{name} checkpoint {path} (recorded in {source}) not found; train it with "
-                              f"`python {script}` or pass --{name} PATH")
+        where = f"--{name}" if explicit else f"recorded in {source}"
+        raise CheckpointError(f"{name} checkpoint {path} ({where}) not found; train it with `python {script}` "
+                              f"or pass --{name} PATH")
 
 
 def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tokenizer=None, retriever=None,
@@ -59,7 +60,7 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
     check_same_text_encoder(mask, mask_ckpt, residual, res_ckpt)
 
     tok_path = _upstream_path("tokenizer", tokenizer, (mask, mask_ckpt), (residual, res_ckpt))
-    _require(tok_path, "tokenizer", "train_rvq.py", mask)
+    _require(tok_path, "tokenizer", "train_rvq.py", mask, explicit=bool(tokenizer))
     tok = MotionTokenizer.from_checkpoint(tok_path, device)
     for path, ckpt in ((mask, mask_ckpt), (residual, res_ckpt)):
         check_upstream(path, ckpt, "tokenizer", tok_path, tok.fingerprint, allow_mismatch)
@@ -90,7 +91,7 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
     retrieval = None
     if mask_model.uses_retrieval:
         ret_path = _upstream_path("retriever", retriever, (mask, mask_ckpt))
-        _require(ret_path, "retriever", "train_retriever.py", mask)
+        _require(ret_path, "retriever", "train_retriever.py", mask, explicit=bool(retriever))
         recorded_db = ((mask_ckpt.get("extra") or {}).get("upstream") or {}).get("database") or {}
         db_path = database or recorded_db.get("path") or None
         encoder, db = load_retrieval(ret_path, device, dataset=tok.dataset, db_path=db_path)

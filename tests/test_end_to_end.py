@@ -106,7 +106,7 @@ def test_generate_fits_smpl_with_a_model_dir(smoke_run, tmp_path, capsys):
     (["--prompt", "a person walks", "--num-samples", "0"], "--num-samples must be >= 1", 2),
     (["--prompt", "a person walks", "--guidance-scale", "-1"], "--guidance-scale must be >= 0", 2),
     (["--prompt", "a person walks", "--name", "missing"], "mask checkpoint", 1),
-    (["--prompt", "a person walks", "--tokenizer", "/nonexistent.pt"], "checkpoint /nonexistent.pt not found", 2),
+    (["--prompt", "a person walks", "--tokenizer", "/nonexistent.pt"], "tokenizer checkpoint /nonexistent.pt (--tokenizer) not found", 2),
     (["--prompt", "a person walks", "--smpl-model-dir", "/nonexistent"], "smpl.is.tue.mpg.de", 2),
     (["--prompts-file", "/nonexistent/prompts.txt"], "prompts file /nonexistent/prompts.txt not found", 1),
 ])
