@@ -118,3 +118,24 @@ def test_bad_arguments_are_one_line_errors(flags, message, capsys):
     assert bench.main(["--tiny", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_eval_driver_benchmark_counts_the_protocol_samples(tmp_path):
+    from utils.benchmarks import eval_t2m
+
+    path = tmp_path / "eval.json"
+    assert eval_t2m.main(["--size", "320", "--threads", "1", "--tiny-evaluator", "--gen-s-per-sample", "0.5",
+                          "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    # 10 batches of 32: 7 generated once, the first 3 thirty times each (MultiModality)
+    assert data["generated_samples_per_replication"] == 7 * 32 + 3 * 30 * 32
+    assert data["projected_20_rep_s"] == pytest.approx(20 * (data["driver_s_per_replication"] + 3104 * 0.5))
+
+
+def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
+    from utils.benchmarks import train_generators as tg
+
+    r = tg.bench_model("residual", torch.device("cpu"), batch=1, steps=1, bf16=False)
+    assert r["samples_per_s"] > 0 and r["params"] > 1e6
+    item = tg.synthetic_generator_dataset(entries=50)[3]
+    assert item["tokens"].shape == (49, 7, 6) and item["r_t"].shape == (1, 512)

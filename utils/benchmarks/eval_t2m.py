@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-s-per-sample", type=float, default=None, help="generation seconds per sample")
     ap.add_argument("--from-json", default=None, help="a utils.benchmarks.generate --json file (fast bf16 path)")
     ap.add_argument("--quick", action="store_true", help="a 640-item set (not HumanML3D size)")
+    ap.add_argument("--tiny-evaluator", action="store_true", help="tiny evaluator widths (tests; not a measurement)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     if args.quick:
@@ -119,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     torch.manual_seed(0)
-    evaluator = T2MEvaluator(EvaluatorConfig.for_dataset("t2m"), np.zeros(263), np.ones(263)).to(args.device)
+    widths = {}
+    if args.tiny_evaluator:
+        widths = dict(dim_text_hidden=8, dim_motion_hidden=10, dim_coemb_hidden=6, dim_movement_enc_hidden=9,
+                      dim_movement_latent=7)
+    evaluator = T2MEvaluator(EvaluatorConfig.for_dataset("t2m", **widths), np.zeros(263), np.ones(263))
+    evaluator = evaluator.to(args.device)
     eval_set = SimulatedEvalSet(args.size)
     gen = StandInGenerator()
     load_start = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
