@@ -526,9 +526,13 @@ def bench(args) -> dict:
                         residual=copy.deepcopy(components["residual"]))
         compile_for_cuda(make_pipeline(compiled))
     results["runs"] = {}
+    flops_b1 = None
     for batch in args.batches:
         run_list = paths if batch <= args.naive_max_batch else [p for p in paths if p != "naive"]
-        res = run_paths(components, run_list, batch, args.frames, args.steps, args.warmup, args.repeats, compiled)
+        big = batch >= 8
+        warmup = args.big_warmup if big and args.big_warmup is not None else args.warmup
+        repeats = args.big_repeats if big and args.big_repeats is not None else args.repeats
+        res = run_paths(components, run_list, batch, args.frames, args.steps, warmup, repeats, compiled)
         entry = {p: {"stages": res[p]["stages"], "load_after": res[p]["load_after"]} for p in run_list}
         if "naive" in res:
             entry["naive_equals_fast_fp32"] = bool(torch.equal(res["naive"]["out"].tokens,
@@ -537,19 +541,23 @@ def bench(args) -> dict:
         if batch == args.batches[0] or args.tolerance_every_batch:
             entry["bf16_tolerance"] = bf16_tolerance(pipe, prompts_for(batch), args.frames, args.steps,
                                                      res["fast_fp32"]["out"], res["fast_bf16"]["out"])
-        entry["flops"] = count_stage_flops(pipe, prompts_for(batch), args.frames, args.steps)
+        if flops_b1 is None:     # FLOPs grow linearly with the batch (same length, distinct prompts): count once
+            flops_b1 = count_stage_flops(pipe, prompts_for(1), args.frames, args.steps)
+        entry["flops"] = {k: v * batch for k, v in flops_b1.items()}
+        entry["warmup"], entry["repeats"] = warmup, repeats
         results["runs"][str(batch)] = entry
         log(f"[generate bench] batch {batch} done, load {load_average()}: " +
             ", ".join(f"{p} {entry[p]['stages']['total']['median']:.3f} s" for p in run_list))
     # scaling
     if not args.skip_scaling:
-        results["scaling"] = scaling(components, args, device, log)
+        results["scaling"] = scaling(components, args, device, log, results["runs"])
     results["load_end"] = load_average()
     return results
 
 
-def scaling(components: dict, args, device, log) -> dict:
+def scaling(components: dict, args, device, log, results_runs: dict | None = None) -> dict:
     out: dict = {"path": args.scaling_path}
+    results_runs = results_runs or {}
     opts = {"precision": "bf16"} if args.scaling_path == "fast_bf16" else {}
     pipe = make_pipeline(components, **opts)
     by_len = {}
@@ -564,6 +572,11 @@ def scaling(components: dict, args, device, log) -> dict:
     out["length_load"] = load_average()
     by_batch = {}
     for batch in args.scaling_batches:
+        main_run = results_runs.get(str(batch), {}).get(args.scaling_path)
+        if main_run is not None:          # measured above: reuse it (per sample)
+            st = main_run["stages"]["total"]
+            by_batch[str(batch)] = {k: (v / batch if k != "n" else v) for k, v in st.items()}
+            continue
         vals = []
         for r in range(args.warmup + max(1, args.repeats - 1)):
             times, _ = timed_call(pipe, prompts_for(batch), args.frames, args.steps)
@@ -630,7 +643,8 @@ def render(results: dict) -> str:
         paths = [p for p in PATH_NAMES if p in entry]
         b = int(batch)
         lines += ["", f"### batch {batch}, {s['frames']} frames, {s['steps']} steps — seconds per call, median "
-                      f"(min–max) of {s['repeats']} after {s['warmup']} warm-up",
+                      f"(min–max) of {entry.get('repeats', s['repeats'])} after {entry.get('warmup', s['warmup'])} "
+                      f"warm-up",
                   "", "| stage | " + " | ".join(PATH_NAMES[p] for p in paths) + " |",
                   "|---|" + "---:|" * len(paths)]
         for stage in (*STAGES, "total"):
@@ -643,7 +657,8 @@ def render(results: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
         fl = entry["flops"]
         gen_flops = fl.get("mask", 0) + fl.get("residual", 0)
-        lines += ["", f"FLOPs of one call: " + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in fl.items()), ""]
+        lines += ["", "FLOPs of one call (counted at batch 1 × batch): " +
+                  ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in fl.items()), ""]
         lines += ["| path | speed-up over naive (whole pipeline) | transformer passes GFLOP/s | efficiency vs matmul "
                   "of its precision | decode GFLOP/s |", "|---|---:|---:|---:|---:|"]
         for p in paths:
@@ -700,6 +715,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--steps", type=int, default=10, help="mask-transformer steps (default 10)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up calls per path (default 1)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per path (default 3)")
+    ap.add_argument("--big-warmup", type=int, default=None, help="warm-up calls at batches >= 8 (default --warmup)")
+    ap.add_argument("--big-repeats", type=int, default=None, help="timed calls at batches >= 8 (default --repeats)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--db-rows", type=int, default=72000, help="simulated database rows (default 72000)")
     ap.add_argument("--naive-max-batch", type=int, default=32, help="largest batch that also times the naive path")
