@@ -496,6 +496,93 @@ def run_paths(components: dict, paths: list[str], batch: int, frames: int, steps
     return result
 
 
+class _AttentionTimer(torch.overrides.TorchFunctionMode):
+    """Wall time and FLOPs spent inside F.scaled_dot_product_attention."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device, self.seconds, self.flops = device, 0.0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **(kwargs or {}))
+        sync(self.device)
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        q, k = args[0], args[1]
+        self.flops += 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
+        return out
+
+
+@torch.no_grad()
+def attention_share(pipe, batch: int, frames: int) -> dict:
+    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and in bf16: total seconds, seconds inside
+    attention (SDPA) and the attention's GFLOP/s, showing what limits the passes."""
+    device = pipe.device
+    mask = pipe.mask
+    tp, c = frames // pipe.tokenizer.downsample, mask.cfg.num_columns
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(batch, mask.cfg.text_dim, generator=g).to(device)
+    r = F.normalize(torch.randn(batch, 1, mask.cfg.retrieval_dim, generator=g), dim=-1).to(device)
+    tokens = torch.full((batch, tp, c), -2, dtype=torch.long, device=device)
+    out = {}
+    for name, enabled in (("fp32", False), ("bf16", True)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            mask.guided_logits(tokens, t, r, r)
+            timer = _AttentionTimer(device)
+            sync(device)
+            start = time.perf_counter()
+            with timer:
+                mask.guided_logits(tokens, t, r, r)
+            sync(device)
+            total = time.perf_counter() - start
+        out[name] = {"pass_s": total, "attention_s": timer.seconds, "attention_share": timer.seconds / total,
+                     "attention_gflops": timer.flops / max(timer.seconds, 1e-9) / 1e9}
+    return out
+
+
+def _time(fn: Callable, device, repeats: int = 3) -> float:
+    fn()
+    vals = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        vals.append(time.perf_counter() - start)
+    return statistics.median(vals)
+
+
+@torch.no_grad()
+def cache_and_loop_costs(pipe, batch: int, frames: int) -> dict:
+    """Seconds of text encoding + retrieval with cold and with warm caches (the same prompts again), and of the
+    remaining Python loops over levels (residual input embedding of the top layer, RVQ code lookup + sum at decode)."""
+    device = pipe.device
+    prompts = prompts_for(batch)
+
+    def cold():
+        clear_caches(pipe)
+        pipe.text_encoder(prompts)
+        pipe.retrieval(prompts)
+
+    def warm():
+        pipe.text_encoder(prompts)
+        pipe.retrieval(prompts)
+
+    out = {"text_retrieval_cold": _time(cold, device)}
+    cold()
+    out["text_retrieval_warm"] = _time(warm, device)
+    tp, c, q = frames // pipe.tokenizer.downsample, pipe.residual.cfg.num_columns, pipe.residual.cfg.num_quantizers
+    tokens = torch.randint(0, 16, (batch, tp, c, q), device=device)
+    out["residual_input_embedding_loop"] = _time(lambda: pipe.residual.input_embedding(tokens, q - 1), device)
+    model = pipe.tokenizer.model
+    joint = tokens[:, :, :model.num_groups].permute(0, 2, 1, 3).reshape(-1, tp, q)
+    out["decode_code_lookup_loop"] = _time(lambda: model.quantizer.decode_indices(joint), device)
+    return out
+
+
 def bench(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
@@ -541,6 +628,8 @@ def bench(args) -> dict:
         if batch == args.batches[0] or args.tolerance_every_batch:
             entry["bf16_tolerance"] = bf16_tolerance(pipe, prompts_for(batch), args.frames, args.steps,
                                                      res["fast_fp32"]["out"], res["fast_bf16"]["out"])
+        entry["caches"] = cache_and_loop_costs(make_pipeline(components), batch, args.frames)
+        entry["attention"] = attention_share(make_pipeline(components), batch, args.frames)
         if flops_b1 is None:     # FLOPs grow linearly with the batch (same length, distinct prompts): count once
             flops_b1 = count_stage_flops(pipe, prompts_for(1), args.frames, args.steps)
         entry["flops"] = {k: v * batch for k, v in flops_b1.items()}
@@ -669,6 +758,17 @@ def render(results: dict) -> str:
             speed = (entry["naive"]["stages"]["total"]["median"] / st["total"]["median"]) if "naive" in entry else math.nan
             dec = fl.get("decode", 0) / st["decode"]["median"] / 1e9
             lines.append(f"| {PATH_NAMES[p]} | {speed:.2f}× | {rate:.0f} | {rate / peak:.0%} | {dec:.0f} |")
+        ca = entry.get("caches")
+        if ca:
+            lines.append(f"\ntext encoding + retrieval of the batch: cold caches {ca['text_retrieval_cold']:.3f} s, warm "
+                         f"(same prompts again) {ca['text_retrieval_warm'] * 1000:.2f} ms; remaining loops over RVQ "
+                         f"levels: residual input embedding {ca['residual_input_embedding_loop'] * 1000:.2f} ms per "
+                         f"pass, decoder code lookup {ca['decode_code_lookup_loop'] * 1000:.2f} ms per decode")
+        at = entry.get("attention")
+        if at:
+            lines.append("\none guided mask-transformer pass (all-[MASK] map): " + "; ".join(
+                f"{k} {v['pass_s']:.3f} s, of it attention (SDPA) {v['attention_share']:.0%} at "
+                f"{v['attention_gflops']:.0f} GFLOP/s" for k, v in at.items()))
         if "naive_equals_fast_fp32" in entry:
             lines.append(f"\nnaive and fast fp32 tokens identical (same seeds): {entry['naive_equals_fast_fp32']}")
         if "bf16_tolerance" in entry:
