@@ -17,7 +17,8 @@ Paths timed side by side in one run (their repeats interleaved, so load changes 
   from fp32 where near-tied logits flip; the run measures and states the difference (first-pass guided logits,
   token agreement, decoded-feature error for the same tokens, text features, retrieval top-1).
 - with `--device cuda --compile`: **fast bf16 + compile**: torch.compile of the transformer blocks
-  (mode "reduce-overhead" = CUDA graphs) on static shapes (`pad_to` = 49 token steps).
+  (`--compile-mode`, default "reduce-overhead" = CUDA graphs) on static shapes (`pad_to` = 49 token steps).
+  Written for CUDA but not yet run on a GPU (no GPU in the session that wrote it).
 Caches are cleared before every timed run (prompts are "new"), so text encoding and retrieval are counted.
 
 Each run times text encoding, retrieval, masked generation, residual generation, decoding and the whole pipeline
@@ -611,7 +612,7 @@ def bench(args) -> dict:
 
         compiled = dict(components, mask=copy.deepcopy(components["mask"]),
                         residual=copy.deepcopy(components["residual"]))
-        compile_for_cuda(make_pipeline(compiled))
+        compile_for_cuda(make_pipeline(compiled), args.compile_mode)
     results["runs"] = {}
     flops_b1 = None
     for batch in args.batches:
@@ -820,7 +821,10 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--db-rows", type=int, default=72000, help="simulated database rows (default 72000)")
     ap.add_argument("--naive-max-batch", type=int, default=32, help="largest batch that also times the naive path")
-    ap.add_argument("--compile", action="store_true", help="CUDA: also time torch.compile (CUDA graphs, static shapes)")
+    ap.add_argument("--compile", action="store_true", help="CUDA: also time torch.compile of the transformer blocks "
+                    "(static shapes: pad_to 49)")
+    ap.add_argument("--compile-mode", default="reduce-overhead",
+                    help="torch.compile mode (default reduce-overhead = CUDA graphs; 'default' without them)")
     ap.add_argument("--skip-scaling", action="store_true", help="no scaling table")
     ap.add_argument("--scaling-path", default="fast_bf16", help="fast_bf16 | fast_fp32 (default fast_bf16)")
     ap.add_argument("--scaling-lengths", default=None, help="frames (default 64,128,196)")
