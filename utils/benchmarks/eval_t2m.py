@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
            "samples_per_replication_scored": report["samples_per_replication"],
            "load_start": load_start, "load_end": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
            "torch": torch.__version__}
-    print(f"\nevaluation driver benchmark — {res['date']} — torch {res['torch']}, {args.threads} threads, evaluator "
+    print(f"evaluation driver benchmark — {res['date']} — torch {res['torch']}, {args.threads} threads, evaluator "
           f"on {args.device} — load average {res['load_start']} → {res['load_end']}\n")
     print("| measurement | value |\n|---|---|")
     print(f"| eval set (simulated) | {args.size:,} items, {report['samples_per_replication']:,} scored per replication |")
