@@ -458,7 +458,7 @@ class MaskTransformer(nn.Module):
     def generate(self, t: Tensor, r_t: Tensor | None, r_m: Tensor | None, lengths: Tensor, steps: int | None = None,
                  guidance_scale: float | None = None, topk_ratio: float | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None) -> Tensor:
+                 sampler: str | None = None, pad_to: int | None = None) -> Tensor:
         """Fill an all-[MASK] token map in `steps` iterations (module docstring). Defaults come from the config
         (steps 10, guidance_scale 4, topk_ratio 0.9, temperature 1, categorical sampling).
 
@@ -467,6 +467,9 @@ class MaskTransformer(nn.Module):
             lengths:     (B,) lengths in token steps T' (frames // 4, `frames_to_token_steps`), 1..cfg.max_tokens
             generator:   the only source of randomness (None = torch default), on the model's device; same seed →
                          same tokens
+            pad_to:      run the network on a map padded to at least this many steps (a static shape for
+                         torch.compile / CUDA graphs: length buckets); padded steps are masked keys, so with per-item
+                         generators the tokens are those of the unpadded call. None = max(lengths)
         Call `eval()` first (dropout is active in training mode).
         Returns:
             (B, max(lengths), C) long: codes inside the lengths (column-local), −1 outside
@@ -484,7 +487,8 @@ class MaskTransformer(nn.Module):
         device = self.token_emb.weight.device
         lengths = self._check_lengths(lengths, b, cfg.max_tokens, "cfg.max_tokens").to(device)
         self._check_conditions(t, r_t, r_m, b)
-        c, tp = cfg.num_columns, int(lengths.max())
+        c, out_tp = cfg.num_columns, int(lengths.max())
+        tp = max(out_tp, min(int(pad_to or 0), cfg.max_tokens))
         valid = (torch.arange(tp, device=device)[None, :] < lengths[:, None])             # (B, T')
         valid_flat = valid[:, :, None].expand(b, tp, c).reshape(b, tp * c)
         counts = masked_counts(lengths * c, steps)                                        # (S, B)
@@ -501,4 +505,4 @@ class MaskTransformer(nn.Module):
             confidence = confidence.gather(-1, drawn[..., None]).squeeze(-1)
             tokens = torch.where(is_mask, drawn, tokens)
             scores = torch.where(is_mask, confidence, torch.full_like(confidence, float("inf")))
-        return tokens.reshape(b, tp, c)
+        return tokens.reshape(b, tp, c)[:, :out_tp]

@@ -18,9 +18,16 @@ Randomness. `seed=s` gives item i (prompts × num_samples, prompt-major) its own
 random draw of that item comes from it (`models.sampling.sample_per_item`), so a batch gives the same motions as
 calling the pipeline one prompt at a time with the matching seeds. A `torch.Generator` may be passed instead
 (`generator=`): one stream for the whole batch, faster to set up, but not per-item reproducible.
+
+Speed (utils/benchmarks/generate.py, BENCHMARKS.md "Generation (issue #16)"). `precision="bf16"` runs the stages
+named in `bf16_stages` under bfloat16 autocast (CPU with AMX / avx512_bf16, or CUDA); fp32 (the default) is exact.
+bf16 changes the sampled tokens of a seed (near-tied logits flip), within the tolerance the benchmark measures and
+states. `pad_to` pads the token map to a fixed number of steps (static shapes for torch.compile / CUDA graphs);
+with per-item seeds the tokens do not change.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -33,6 +40,8 @@ from datasets.registry import dataset_facts
 from models.text_encoders import check_texts, warn_if_truncated
 
 _MOD = "models/pipeline.py"
+PRECISIONS = ("fp32", "bf16")
+STAGES = ("text", "retrieval", "mask", "residual", "decode")
 
 
 class PipelineError(ValueError):
@@ -69,21 +78,52 @@ class MotionOutput:
 
 @dataclass
 class Retrieval:
-    """The retrieval component: a query encoder (`encode_text(texts) -> (B, 512)`) and its database."""
+    """The retrieval component: a query encoder (`encode_text(texts) -> (B, 512)`) and its database.
+
+    With `cache=True` each distinct prompt is encoded and queried once per instance (the encoder is in eval mode
+    and the database fixed, so the result is a function of the prompt): evaluation replications and
+    MultiModality repeats reuse it. `clear_cache()` empties it."""
     encoder: nn.Module
     database: object
     k: int = 1
+    cache: bool = True
+    _store: dict = field(default_factory=dict, repr=False)
+
+    def clear_cache(self) -> None:
+        self._store.clear()
+
+    @torch.no_grad()
+    def _query(self, prompts: list[str]):
+        return self.database.query(self.encoder.encode_text(prompts).float().cpu(), k=self.k)
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str]):
-        return self.database.query(self.encoder.encode_text(list(prompts)).float().cpu(), k=self.k)
+        prompts = list(prompts)
+        if not self.cache:
+            return self._query(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._store))
+        if missing:
+            res = self._query(missing)
+            for i, p in enumerate(missing):
+                self._store[p] = tuple(x[i] for x in res)
+        from models.retrieval_database import RetrievalResult
+
+        rows = [self._store[p] for p in prompts]
+        return RetrievalResult(*(torch.stack(col) for col in zip(*rows)))
 
 
 class ReMoMaskPipeline:
     """Text-to-motion generation with the four stages (module docstring)."""
 
     def __init__(self, tokenizer, text_encoder: nn.Module, mask: nn.Module, residual: nn.Module,
-                 retrieval: Retrieval | None = None, length_estimator: nn.Module | None = None):
+                 retrieval: Retrieval | None = None, length_estimator: nn.Module | None = None,
+                 precision: str = "fp32", bf16_stages: Sequence[str] = STAGES, pad_to: int | None = None):
+        if precision not in PRECISIONS:
+            raise PipelineError(f"{_MOD}: argument 'precision' must be one of {PRECISIONS}, got {precision!r}")
+        unknown = [s for s in bf16_stages if s not in STAGES]
+        if unknown:
+            raise PipelineError(f"{_MOD}: argument 'bf16_stages' must name stages of {STAGES}, got {unknown}")
+        self.precision, self.bf16_stages, self.pad_to = precision, tuple(bf16_stages), pad_to
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
         self.mask, self.residual = mask.eval(), residual.eval()
         self.retrieval, self.length_estimator = retrieval, length_estimator
@@ -137,6 +177,12 @@ class ReMoMaskPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.mask.parameters()).device
+
+    def autocast(self, stage: str):
+        """The autocast context of one stage: bfloat16 when `precision="bf16"` and the stage is in `bf16_stages`."""
+        if self.precision == "bf16" and stage in self.bf16_stages:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ---- arguments ---------------------------------------------------------------------------------------------------
     def check_lengths(self, lengths: Sequence[int], strict: bool = True) -> Tensor:
@@ -200,12 +246,14 @@ class ReMoMaskPipeline:
             gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         # 1. text features, once per distinct prompt (a prompt longer than the encoder reads: truncated, warned)
         warn_if_truncated(self.text_encoder, prompts)
-        t = self.text_encoder(list(prompts)).float().to(device)[owner.to(device)]      # (B, D_text)
+        with self.autocast("text"):
+            t = self.text_encoder(list(prompts)).float().to(device)[owner.to(device)]  # (B, D_text)
         # 2. retrieval
         r_t = r_m = None
         neighbours: list[list[Neighbour]] = [[] for _ in items]
         if self.retrieval is not None and self.mask.uses_retrieval:
-            res = self.retrieval(prompts)
+            with self.autocast("retrieval"):
+                res = self.retrieval(prompts)
             r_t, r_m = res.r_t.to(device)[owner.to(device)], res.r_m.to(device)[owner.to(device)]
             db = self.retrieval.database
             per_prompt = [[Neighbour(db.motion_ids[int(j)], db.captions[int(j)], float(s))
@@ -216,11 +264,15 @@ class ReMoMaskPipeline:
         frames = self._lengths(lengths, len(prompts), owner, t, gens, length_mode, strict_lengths)
         steps_t = frames // self.tokenizer.downsample
         # 4. base layer, residual layers, decode
-        base = self.mask.generate(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
-                                  topk_ratio=topk_ratio, temperature=temperature, generator=gens)
-        tokens = self.residual.generate(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
-                                        generator=gens)
-        raw = self._decode(tokens, steps_t)                                              # (B, 4T', D) CPU
+        with self.autocast("mask"):
+            base = self.mask.generate(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
+                                      topk_ratio=topk_ratio, temperature=temperature, generator=gens,
+                                      pad_to=self.pad_to)
+        with self.autocast("residual"):
+            tokens = self.residual.generate(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
+                                            generator=gens, pad_to=self.pad_to)
+        with self.autocast("decode"):
+            raw = self._decode(tokens, steps_t)                                          # (B, 4T', D) CPU
         valid = torch.arange(raw.shape[1])[None, :] < frames[:, None]
         from datasets.representation import features_to_joints
 

@@ -391,7 +391,7 @@ class ResidualTransformer(nn.Module):
     @torch.no_grad()
     def generate(self, base_tokens: Tensor, t: Tensor, lengths: Tensor, guidance_scale: float | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
-                 topk_ratio: float | None = None, sampler: str | None = None) -> Tensor:
+                 topk_ratio: float | None = None, sampler: str | None = None, pad_to: int | None = None) -> Tensor:
         """Predict layers 1..Q−1 in order on top of a base layer (defaults from the config: guidance_scale 5,
         temperature 1, topk_ratio 0.9, Gumbel sampling).
 
@@ -401,6 +401,8 @@ class ResidualTransformer(nn.Module):
             t:           (B, text_dim) text feature
             lengths:     (B,) valid token steps, 1..min(T', cfg.max_tokens)
             generator:   the only source of randomness (None = torch default), on the model's device
+            pad_to:      run the network on a map padded (−1) to at least this many steps (a static shape for
+                         torch.compile / CUDA graphs); with per-item generators the tokens equal the unpadded call's
         Call `eval()` first (dropout is active in training mode).
         Returns:
             (B, T', C, Q) long: layer 0 = the base codes and layers 1..Q−1 the predicted codes inside the lengths,
@@ -436,6 +438,13 @@ class ResidualTransformer(nn.Module):
         if bool(bad.any()):
             raise ValueError(f"{_MOD}: argument 'base_tokens' must hold codes 0..K_c-1 of each column inside the "
                              f"lengths (codebook_sizes {self.codebook_sizes.tolist()}); found {int(base_tokens[bad][0])}")
+        out_tp = tp
+        if pad_to is not None and min(int(pad_to), cfg.max_tokens) > tp:
+            tp = min(int(pad_to), cfg.max_tokens)
+            extra = tp - out_tp
+            base_tokens = F.pad(base_tokens, (0, 0, 0, extra), value=PAD_TOKEN)
+            valid = torch.cat([valid, valid.new_zeros(b, extra)], dim=1)
+            inside = valid[:, :, None].expand(b, tp, c)
         tokens = torch.full((b, tp, c, q), PAD_TOKEN, dtype=torch.long, device=device)
         tokens[..., 0] = torch.where(inside, base_tokens, torch.full_like(base_tokens, PAD_TOKEN))
         keep_k = topk_keep(self.codebook_sizes, topk_ratio).to(device)                # (C,)
@@ -445,4 +454,4 @@ class ResidualTransformer(nn.Module):
             filtered = top_k_filter(apply_temperature(guided, temperature), keep_k[None, None, :])
             drawn = sample(filtered, sampler, generator)                              # (B, T', C)
             tokens[..., level] = torch.where(inside, drawn, torch.full_like(drawn, PAD_TOKEN))
-        return tokens
+        return tokens[:, :out_tp]

@@ -1,0 +1,141 @@
+"""The fast generation path keeps the naive path's outputs (issue #16); no timing is asserted.
+
+Tiny components of the real classes (utils.benchmarks.generate.tiny_components). fp32: equal tokens for a seed;
+bf16: within the tolerances stated in BENCHMARKS.md "Generation (issue #16)".
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from utils.benchmarks import generate as bench
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPTS = ["a person walks forward", "someone jumps up and down", "a man waves his left hand"]
+
+
+@pytest.fixture(scope="module")
+def components():
+    return bench.tiny_components()
+
+
+def _call(pipe, prompts=PROMPTS, lengths=(196, 120, 64), steps=3, seed=7):
+    return pipe(list(prompts), lengths=list(lengths), steps=steps, seed=seed)
+
+
+def test_naive_path_gives_the_fast_fp32_tokens(components):
+    fast = bench.make_pipeline(components)
+    out = _call(fast)
+    with bench.naive_path(fast, PROMPTS) as naive:
+        slow = _call(naive)
+    assert torch.equal(out.tokens, slow.tokens)
+    torch.testing.assert_close(out.features, slow.features, atol=1e-5, rtol=1e-5)
+    again = _call(fast)                        # the naive patches are gone afterwards
+    assert torch.equal(again.tokens, out.tokens)
+    assert "guided_logits" not in fast.mask.__dict__ and "generate" not in fast.residual.__dict__
+
+
+def test_two_pass_guidance_equals_the_doubled_batch(components):
+    mask, residual = components["mask"].eval(), components["residual"].eval()
+    g = torch.Generator().manual_seed(0)
+    b, tp, c = 2, 5, mask.cfg.num_columns
+    t = torch.randn(b, mask.cfg.text_dim, generator=g)
+    r = torch.randn(b, 1, mask.cfg.retrieval_dim, generator=g)
+    tokens = torch.full((b, tp, c), -2)
+    with torch.no_grad():
+        torch.testing.assert_close(bench.two_pass_mask_guidance(mask)(tokens, t, r, r),
+                                   mask.guided_logits(tokens, t, r, r), atol=1e-5, rtol=1e-5)
+        full = torch.randint(0, 16, (b, tp, c, residual.cfg.num_quantizers), generator=g)
+        torch.testing.assert_close(bench.two_pass_residual_guidance(residual)(full, 1, t),
+                                   residual.guided_logits(full, 1, t), atol=1e-5, rtol=1e-5)
+
+
+def test_static_padding_keeps_the_tokens(components):
+    plain = bench.make_pipeline(components)
+    padded = bench.make_pipeline(components, pad_to=49)
+    a, b = _call(plain, lengths=(120, 64, 80)), _call(padded, lengths=(120, 64, 80))
+    assert a.tokens.shape == b.tokens.shape and torch.equal(a.tokens, b.tokens)
+
+
+def test_cached_text_and_retrieval_give_the_uncached_result(components):
+    pipe = bench.make_pipeline(components)
+    bench.clear_caches(pipe)
+    cold = _call(pipe)
+    warm = _call(pipe)                                 # text features and retrievals now come from the caches
+    assert len(pipe.retrieval._store) == len(PROMPTS)
+    assert torch.equal(cold.tokens, warm.tokens)
+    pipe.retrieval.cache = False
+    try:
+        assert torch.equal(_call(pipe).tokens, cold.tokens)
+    finally:
+        pipe.retrieval.cache = True
+    res = pipe.retrieval(PROMPTS[::-1] + PROMPTS[:1])  # order and repeats are kept
+    direct = pipe.retrieval._query(PROMPTS[::-1] + PROMPTS[:1])
+    assert torch.equal(res.indices, direct.indices) and torch.equal(res.r_m, direct.r_m)
+
+
+def test_bf16_stays_within_the_stated_tolerance(components):
+    fp32 = bench.make_pipeline(components)
+    bf16 = bench.make_pipeline(components, precision="bf16")
+    a, b = _call(fp32), _call(bf16)
+    tol = bench.bf16_tolerance(fp32, PROMPTS, 196, 3, a, b)
+    assert tol["text_rel_err"] < 0.02 and tol["decode_rel_err"] < 0.02
+    assert tol["mask_logit_rel_err"] < 0.05 and tol["residual_logit_rel_err"] < 0.05
+    assert tol["mask_prob_tv"] < 0.01 and tol["residual_prob_tv"] < 0.01
+    assert tol["token_agreement_all_levels"] > 0.8
+    assert a.features.dtype == b.features.dtype == torch.float32
+
+
+def test_bad_precision_is_a_one_line_error(components):
+    from models.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="precision"):
+        bench.make_pipeline(components, precision="fp8")
+    with pytest.raises(PipelineError, match="bf16_stages"):
+        bench.make_pipeline(components, precision="bf16", bf16_stages=("mask", "nope"))
+
+
+def test_benchmark_script_runs_tiny_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "gen.json"
+    rc = bench.main(["--tiny", "--quick", "--threads", "1", "--batches", "2", "--db-rows", "30", "--db-sizes", "30",
+                     "--scaling-lengths", "64", "--scaling-batches", "2", "--silent", "--json", str(path)])
+    assert rc == 0
+    data = json.loads(path.read_text())
+    run = data["runs"]["2"]
+    assert run["naive_equals_fast_fp32"] is True
+    assert set(run) >= {"naive", "fast_fp32", "fast_bf16", "flops", "bf16_tolerance"}
+    assert set(run["fast_fp32"]["stages"]) >= {*bench.STAGES, "total"}
+    assert data["matmul_gflops"]["fp32"] > 0 and "scaling" in data
+    assert "whole pipeline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [(["--batches", "0"], "--batches"), (["--frames", "300"], "--frames"),
+                                            (["--device", "tpu"], "--device"), (["--batches", "a"], "--batches")])
+def test_bad_arguments_are_one_line_errors(flags, message, capsys):
+    assert bench.main(["--tiny", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_eval_driver_benchmark_counts_the_protocol_samples(tmp_path):
+    from utils.benchmarks import eval_t2m
+
+    path = tmp_path / "eval.json"
+    assert eval_t2m.main(["--size", "320", "--threads", "1", "--tiny-evaluator", "--gen-s-per-sample", "0.5",
+                          "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    # 10 batches of 32: 7 generated once, the first 3 thirty times each (MultiModality)
+    assert data["generated_samples_per_replication"] == 7 * 32 + 3 * 30 * 32
+    assert data["projected_20_rep_s"] == pytest.approx(20 * (data["driver_s_per_replication"] + 3104 * 0.5))
+
+
+def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
+    from utils.benchmarks import train_generators as tg
+
+    r = tg.bench_model("residual", torch.device("cpu"), batch=1, steps=1, bf16=False)
+    assert r["samples_per_s"] > 0 and r["params"] > 1e6
+    item = tg.synthetic_generator_dataset(entries=50)[3]
+    assert item["tokens"].shape == (49, 7, 6) and item["r_t"].shape == (1, 512)
