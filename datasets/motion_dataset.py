@@ -609,7 +609,23 @@ def crop_length(length: int, unit_length: int, max_length: int, double: bool) ->
     return units * unit_length
 
 
-class MotionTextDataset(Dataset):
+class ItemDraws:
+    """Per-item randomness from (seed, epoch, index) only (module docstring): `set_epoch`, `item_rng`."""
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        """Select the random draws of the items: item i uses a generator seeded with (seed, epoch, i)."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.epoch = int(epoch)
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """The generator of item `index` in the current (seed, epoch): its caption choice and crop."""
+        return np.random.default_rng([abs(self.seed), abs(self.epoch), int(index)])
+
+
+class MotionTextDataset(ItemDraws, Dataset):
     """Items of one split, normalised with `mean`/`std` (float32 torch tensors). See module docstring for modes.
 
     Item dicts:
@@ -677,16 +693,6 @@ class MotionTextDataset(Dataset):
             raise IndexError(f"{_MOD}: window index {index} out of range for {n} windows")
         k = int(np.searchsorted(self.window_offsets, i, side="right")) - 1
         return int(self.motion_indices[k]), i - int(self.window_offsets[k])
-
-    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
-        """Select the random draws of the items: item i uses a generator seeded with (seed, epoch, i)."""
-        if seed is not None:
-            self.seed = int(seed)
-        self.epoch = int(epoch)
-
-    def item_rng(self, index: int) -> np.random.Generator:
-        """The generator of item `index` in the current (seed, epoch): its caption choice and crop."""
-        return np.random.default_rng([abs(self.seed), abs(self.epoch), int(index)])
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std

@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
-from models.sampling import (apply_temperature, check_generation_args, cosine_schedule, guidance_combine,
-                             masked_counts, sample, top_k_filter, topk_keep)
+from models.sampling import (apply_temperature, check_generation_args, check_token_map, cosine_schedule,
+                             guidance_combine, masked_counts, sample, top_k_filter, topk_keep)
 
 _MOD = "models/mask_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code / padding
@@ -102,16 +102,7 @@ class MaskTransformerConfig:
         def bad(key: str, expected: str, got) -> ValueError:
             return ValueError(f"{_MOD}: model.{key} must be {expected}, got {got!r}")
 
-        if self.num_groups < 1:
-            raise bad("num_groups", "≥ 1", self.num_groups)
-        if self.num_columns not in (self.num_groups, self.num_groups + 1):
-            raise bad("num_columns", f"num_groups ({self.num_groups}) or num_groups + 1 (global column)",
-                      self.num_columns)
-        sizes = list(self.codebook_sizes)
-        if len(sizes) != self.num_columns or any(int(k) < 1 for k in sizes):
-            raise bad("codebook_sizes", f"a list of {self.num_columns} sizes ≥ 1 (one per column)", sizes)
-        if len(set(sizes[:self.num_groups])) != 1:
-            raise bad("codebook_sizes", "one size for all joint-group columns (they share a codebook)", sizes)
+        check_token_map(self.num_groups, self.num_columns, self.codebook_sizes, _MOD)
         for key in ("text_dim", "retrieval_dim", "layers", "heads", "ff_dim", "max_tokens"):
             if getattr(self, key) < 1:
                 raise bad(key, "≥ 1", getattr(self, key))

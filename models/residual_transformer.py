@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
-from models.sampling import (apply_temperature, check_guidance_scale, check_temperature, check_topk_ratio,
+from models.sampling import (apply_temperature, check_guidance_scale, check_token_map, check_temperature, check_topk_ratio,
                              guidance_combine, sample, top_k_filter, topk_keep)
 
 _MOD = "models/residual_transformer.py"
@@ -88,16 +88,7 @@ class ResidualTransformerConfig:
         def bad(key: str, expected: str, got) -> ValueError:
             return ValueError(f"{_MOD}: model.{key} must be {expected}, got {got!r}")
 
-        if self.num_groups < 1:
-            raise bad("num_groups", "≥ 1", self.num_groups)
-        if self.num_columns not in (self.num_groups, self.num_groups + 1):
-            raise bad("num_columns", f"num_groups ({self.num_groups}) or num_groups + 1 (global column)",
-                      self.num_columns)
-        sizes = list(self.codebook_sizes)
-        if len(sizes) != self.num_columns or any(int(k) < 1 for k in sizes):
-            raise bad("codebook_sizes", f"a list of {self.num_columns} sizes ≥ 1 (one per column)", sizes)
-        if len(set(sizes[:self.num_groups])) != 1:
-            raise bad("codebook_sizes", "one size for all joint-group columns (they share a codebook)", sizes)
+        check_token_map(self.num_groups, self.num_columns, self.codebook_sizes, _MOD)
         if self.num_quantizers < 2:
             raise bad("num_quantizers", "≥ 2 (a base layer and at least one residual layer)", self.num_quantizers)
         for key in ("text_dim", "layers", "heads", "ff_dim", "embed_dim", "max_tokens"):

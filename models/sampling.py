@@ -214,3 +214,19 @@ def guidance_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     finite = torch.isfinite(cond) & torch.isfinite(uncond)
     out = uncond + scale * (cond - uncond)
     return torch.where(finite, out, torch.full_like(out, float("-inf")))
+
+
+def check_token_map(num_groups: int, num_columns: int, codebook_sizes, where: str) -> None:
+    """The token-map fields both transformers' configs share (RVQVAE2D geometry): ValueError naming the key."""
+    def bad(key: str, expected: str, got) -> ValueError:
+        return ValueError(f"{where}: model.{key} must be {expected}, got {got!r}")
+
+    if num_groups < 1:
+        raise bad("num_groups", "≥ 1", num_groups)
+    if num_columns not in (num_groups, num_groups + 1):
+        raise bad("num_columns", f"num_groups ({num_groups}) or num_groups + 1 (global column)", num_columns)
+    sizes = list(codebook_sizes)
+    if len(sizes) != num_columns or any(int(k) < 1 for k in sizes):
+        raise bad("codebook_sizes", f"a list of {num_columns} sizes ≥ 1 (one per column)", sizes)
+    if len(set(sizes[:num_groups])) != 1:
+        raise bad("codebook_sizes", "one size for all joint-group columns (they share a codebook)", sizes)

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datasets.motion_dataset import (DataConfig, DatasetSpec, MotionCorpus, collate, crop_length, get_spec)
+from datasets.motion_dataset import (DataConfig, DatasetSpec, ItemDraws, MotionCorpus, collate, crop_length, get_spec)
 from models.text_encoders import TextEncoderConfig, build_text_encoder_from_config
 from utils.atomic import atomic_open
 from utils.checkpoint import tensor_fingerprint
@@ -319,7 +319,7 @@ def build_retrieval_cache(captions: list[str], motion_ids: list[str], frozen: Fr
 # ----------------------------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------------------------
-class GeneratorDataset(Dataset):
+class GeneratorDataset(ItemDraws, Dataset):
     """Items of one split for the generator stages (module docstring). The corpus is read at construction (its
     length is known at once, which the Trainer's sampler needs); `prepare(frozen)` fills the caches before the
     first item is read (`TrainTask.setup`)."""
@@ -339,15 +339,6 @@ class GeneratorDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
-        """Item i of epoch e draws its caption and crop from a generator seeded with (seed, e, i)."""
-        if seed is not None:
-            self.seed = int(seed)
-        self.epoch = int(epoch)
-
-    def item_rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([abs(self.seed), abs(self.epoch), int(index)])
 
     def prepare(self, frozen: FrozenUpstream, cache_dir: str | Path) -> "GeneratorDataset":
         """Compute or load the token, text and retrieval caches of this split (`cache_dir`)."""
