@@ -12,7 +12,7 @@ estimator picks one).
 
 Output (`--out`, default outputs/<name>): one folder per sample, `<index>_<prompt words>_s<k>/`, with
 `joints.npy` (T × J × 3; metres for HumanML3D), `features.npy` (T × D raw features), `motion.gif` (stick figure, the
-prompt as title; `--mp4` also writes motion.mp4 when ffmpeg is installed) and `motion.bvh` (utils/bvh.py), and
+prompt as title; also `motion.mp4` when the imageio-ffmpeg package is installed, `--no-mp4` to skip it) and `motion.bvh` (utils/bvh.py), and
 `summary.json` listing per sample the prompt, length, seed, the files and the retrieved neighbours, with every
 setting under "settings". `--foot-cleanup` removes the slide of planted feet (off by default; prints the skating
 ratio before and after). `--smpl-model-dir DIR` also fits an SMPL body per sample (`smpl.npz`, AMASS layout). Files are written atomically: an interrupted run never leaves a half-written file.
@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only warn when a checkpoint was trained on another tokenizer / retriever")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="output folder (default outputs/<name>)")
-    out.add_argument("--no-animation", action="store_true", help="skip the GIF")
-    out.add_argument("--mp4", action="store_true", help="also write motion.mp4 (needs ffmpeg)")
+    out.add_argument("--no-animation", action="store_true", help="skip the animations (GIF and MP4)")
+    out.add_argument("--mp4", action=argparse.BooleanOptionalAction, default=None,
+                     help="also write motion.mp4 (default: when the imageio-ffmpeg package is installed; --mp4 "
+                          "requires it)")
     out.add_argument("--no-bvh", action="store_true", help="skip the BVH")
     out.add_argument("--foot-cleanup", action="store_true",
                      help="shift the body so planted feet do not slide (utils/foot_skate.py; off by default); prints "
@@ -133,6 +135,11 @@ def read_prompt_args(args) -> list[tuple[str, int | None]]:
         raise GenerateError(f"--steps must be >= 1, got {args.steps}")
     if args.topk_ratio is not None and not 0 < args.topk_ratio <= 1:
         raise GenerateError(f"--topk-ratio must be in (0, 1], got {args.topk_ratio}")
+    if args.mp4:
+        from utils.plot import mp4_available
+
+        if not mp4_available():
+            raise GenerateError("--mp4: needs the imageio-ffmpeg package (pip install imageio-ffmpeg)")
     return prompts
 
 
@@ -240,13 +247,12 @@ def main(argv=None) -> int:
                 entry["smpl"] = str(save_smpl_npz(fit, folder / "smpl.npz").relative_to(out_dir))
                 entry["smpl_fit_error_mm"] = {"mean": float(fit.error_mean_mm), "max": float(fit.error_max_mm)}
             if not args.no_animation:
-                from utils.plot import save_animation
+                from utils.plot import mp4_available, save_animations
 
-                entry["animation"] = str(save_animation(joints, folder / "motion.gif", pipe.dataset, fps,
-                                                        title=text[:60]).relative_to(out_dir))
-                if args.mp4:
-                    entry["mp4"] = str(save_animation(joints, folder / "motion.mp4", pipe.dataset, fps,
-                                                      title=text[:60]).relative_to(out_dir))
+                names = ["motion.gif"] + (["motion.mp4"] if args.mp4 is not False and mp4_available() else [])
+                written = save_animations(joints, [folder / n for n in names], pipe.dataset, fps, title=text[:60])
+                for key, path in zip(("animation", "mp4"), written):
+                    entry[key] = str(path.relative_to(out_dir))
             samples.append(entry)
             index += 1
     settings = {k: v for k, v in vars(args).items() if k not in ("prompt", "prompts_file", "debug")}

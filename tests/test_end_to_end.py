@@ -56,6 +56,7 @@ def test_generated_samples_match_the_prompts_file(smoke_run):
     from PIL import Image
 
     from utils.bvh import read_bvh
+    from utils.plot import mp4_available
 
     out = smoke_run / "generate" / "demo"
     summary = json.loads((out / "summary.json").read_text())
@@ -69,6 +70,10 @@ def test_generated_samples_match_the_prompts_file(smoke_run):
         assert np.load(out / s["features"]).shape == (s["length"], 263)
         with Image.open(out / s["animation"]) as gif:
             assert gif.n_frames == s["length"]
+        if mp4_available():                                   # imageio-ffmpeg (requirements.txt)
+            import imageio_ffmpeg
+
+            assert imageio_ffmpeg.count_frames_and_secs(str(out / s["mp4"]))[0] == s["length"]
         assert len(read_bvh(out / s["bvh"]).data) == s["length"]
         assert len(s["neighbours"]) == 1 and set(s["neighbours"][0]) == {"id", "caption", "score"}
     assert summary["settings"]["dataset"] == "t2m" and summary["settings"]["fps"] == 20.0
@@ -114,6 +119,14 @@ def test_generate_bad_input_is_one_line(smoke_run, tmp_path, capsys, extra, mess
     rc, err = _generate(smoke_run, capsys, "--out", str(tmp_path / "o"), *extra)
     assert rc == code and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_generate_mp4_without_imageio_ffmpeg_is_one_line(smoke_run, tmp_path, capsys, monkeypatch):
+    import utils.plot
+
+    monkeypatch.setattr(utils.plot, "mp4_available", lambda: False)
+    rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks", "--out", str(tmp_path / "o"), "--mp4")
+    assert rc == 2 and err == "generate.py: error: --mp4: needs the imageio-ffmpeg package (pip install imageio-ffmpeg)"
 
 
 def test_generate_refuses_an_unwritable_output_folder(smoke_run, tmp_path, capsys):

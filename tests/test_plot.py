@@ -2,7 +2,6 @@
 
 import math
 import re
-import shutil
 import warnings
 
 import numpy as np
@@ -93,11 +92,33 @@ def test_gif_animation_has_one_frame_per_motion_frame(tmp_path):
     assert count_colour(frame, RED) > 10 and count_colour(frame, BLUE) > 10
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is not None, reason="ffmpeg is installed: an mp4 is written")
-def test_mp4_without_ffmpeg_falls_back_to_gif(tmp_path):
-    with pytest.warns(UserWarning, match="ffmpeg is not installed"):
+def test_mp4_has_one_frame_per_motion_frame_and_matches_the_gif(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio_ffmpeg
+
+    joints = walk((1.0, 0.0), T=30)
+    gif, mp4 = plot.save_animations(joints, [tmp_path / "walk.gif", tmp_path / "walk.mp4"], fps=20, title="walk")
+    reader = imageio_ffmpeg.read_frames(str(mp4))
+    meta = next(reader)
+    frames = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
+    assert len(frames) == 30 and meta["fps"] == 20
+    assert meta["size"][0] % 16 == 0 and meta["size"][1] % 16 == 0          # padded for yuv420p
+    with Image.open(gif) as img:
+        img.seek(15)
+        ref = np.asarray(img.convert("RGB")).astype(float)
+    h, w = ref.shape[:2]
+    # H.264 is lossy: the same picture within a few grey levels on average
+    assert np.abs(frames[15][:h, :w].astype(float) - ref).mean() < 6.0
+
+
+def test_mp4_without_imageio_ffmpeg_falls_back_to_gif(tmp_path, monkeypatch):
+    monkeypatch.setattr(plot, "mp4_available", lambda: False)
+    with pytest.warns(UserWarning, match="imageio-ffmpeg is not installed"):
         out = plot.save_animation(walk((1.0, 0.0), T=5), tmp_path / "walk.mp4")
     assert out == tmp_path / "walk.gif" and load(out).n_frames_total == 5
+    with pytest.warns(UserWarning, match="skipping the .mp4"):
+        outs = plot.save_animations(walk((1.0, 0.0), T=5), [tmp_path / "a.gif", tmp_path / "a.mp4"])
+    assert outs == [tmp_path / "a.gif"] and not (tmp_path / "a.mp4").exists()
 
 
 def test_errors_name_the_argument(tmp_path):

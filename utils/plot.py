@@ -14,7 +14,6 @@ Files are written atomically (temporary file, then rename), so an existing pictu
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import textwrap
 import warnings
@@ -26,13 +25,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib import animation  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets.skeleton import skeleton_info  # noqa: E402
 from utils.atomic import atomic_path  # noqa: E402
 
-__all__ = ["plot_contact_sheet", "plot_side_by_side", "save_animation", "side_view_axis", "LEFT_COLOR",
+__all__ = ["plot_contact_sheet", "plot_side_by_side", "save_animation", "save_animations", "render_frames",
+           "mp4_available", "side_view_axis", "LEFT_COLOR",
            "RIGHT_COLOR", "SPINE_COLOR"]
 
 LEFT_COLOR = "#d62728"    # red, as in the real_motion previews
@@ -223,21 +222,20 @@ def plot_side_by_side(a, b, path: str | os.PathLike, titles: Sequence[str] = ("s
     return plot_contact_sheet([a[:T], b[:T]], path, titles=titles, dataset=dataset, frames=frames)
 
 
-def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: float = 20.0, title: str = "") -> Path:
-    """Animate one motion (T, J, 3) as a GIF (Pillow) or, for a .mp4 path, an MP4 when ffmpeg is installed.
+def mp4_available() -> bool:
+    """Whether .mp4 animations can be written: the `imageio-ffmpeg` package (its own ffmpeg binary) is installed."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Without ffmpeg a .mp4 request writes a .gif next to it instead (with a warning). Returns the path written.
-    """
+
+def render_frames(joints, dataset: str = "t2m", fps: float = 20.0, title: str = "") -> list[np.ndarray]:
+    """The animation's frames: joints (T, J, 3) -> T images (H, W, 3) uint8, side view, prompt and time as title."""
     joints = _as_joints(joints, "joints", dataset)
     if not fps > 0:
         raise ValueError(f"fps: expected a number > 0, got {fps!r}")
-    path = Path(path)
-    if path.suffix.lower() not in (".gif", ".mp4"):
-        raise ValueError(f"path: expected a .gif or .mp4 file name, got {str(path)!r}")
-    if path.suffix.lower() == ".mp4" and (shutil.which("ffmpeg") is None or not animation.writers.is_available("ffmpeg")):
-        warnings.warn(f"save_animation: ffmpeg is not installed, writing {path.with_suffix('.gif')} instead of {path}")
-        path = path.with_suffix(".gif")
-
     axis = side_view_axis(joints, dataset)
     proj = _project(joints, axis)
     xlim, ylim = _limits(proj)
@@ -254,50 +252,87 @@ def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: f
     chains = [c for c, _ in _chain_colors(dataset)]
     label = ax.set_title("", fontsize=7)
     fig.tight_layout()
-
-    def update(t):
-        for line, chain in zip(lines, chains):
-            line.set_data(proj[t, chain, 0], proj[t, chain, 1])
-        label.set_text(f"{title}  t = {t / fps:.2f} s (frame {t})".strip())
-        return lines + [label]
-
-    if path.suffix.lower() == ".mp4":
-        anim = animation.FuncAnimation(fig, update, frames=len(joints), interval=1000.0 / fps, blit=False)
-        try:
-            with atomic_path(path) as tmp:
-                anim.save(tmp, writer=animation.FFMpegWriter(fps=fps))
-        finally:
-            plt.close(fig)
-        return path
-
-    # GIF: draw the static background once and blit only the skeleton and the label per frame (matplotlib's
-    # animation writers redraw the whole figure, axes and ticks included, several times per frame: ~10x slower)
+    # draw the static background once and blit only the skeleton and the label per frame (matplotlib's animation
+    # writers redraw the whole figure, axes and ticks included, several times per frame: ~10x slower)
     try:
-        for line in lines:
-            line.set_visible(False)
-        label.set_visible(False)
+        for artist in (*lines, label):
+            artist.set_visible(False)
         fig.canvas.draw()
         background = fig.canvas.copy_from_bbox(fig.bbox)
-        for line in lines:
-            line.set_visible(True)
-        label.set_visible(True)
+        for artist in (*lines, label):
+            artist.set_visible(True)
         images = []
         for t in range(len(joints)):
             fig.canvas.restore_region(background)
-            for artist in update(t):
-                fig.draw_artist(artist)
-            rgba = np.asarray(fig.canvas.buffer_rgba())
-            images.append(Image.fromarray(rgba[..., :3].copy()))
+            for line, chain in zip(lines, chains):
+                line.set_data(proj[t, chain, 0], proj[t, chain, 1])
+                fig.draw_artist(line)
+            label.set_text(f"{title}  t = {t / fps:.2f} s (frame {t})".strip())
+            fig.draw_artist(label)
+            images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     finally:
         plt.close(fig)
-    # one palette for all frames (few colours: white, greys, red, blue, black), so frames don't flicker
-    palette = images[0].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
-    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
+    return images
 
+
+def _write_gif(images: list[np.ndarray], path: Path, fps: float) -> None:
+    frames = [Image.fromarray(im) for im in images]
+    # one palette for all frames (few colours: white, greys, red, blue, black), so frames don't flicker
+    palette = frames[0].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in frames]
     with atomic_path(path) as tmp:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
                        duration=int(round(1000.0 / fps)), optimize=False)
-    return path
+
+
+def _write_mp4(images: list[np.ndarray], path: Path, fps: float) -> None:
+    """H.264 through imageio-ffmpeg's bundled ffmpeg; frames padded (white) to a multiple of 16 for yuv420p."""
+    import imageio_ffmpeg
+
+    h, w = images[0].shape[:2]
+    H, W = -(-h // 16) * 16, -(-w // 16) * 16
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=fps, quality=8, macro_block_size=1,
+                                             ffmpeg_log_level="error")
+        writer.send(None)
+        try:
+            for im in images:
+                if (H, W) != (h, w):
+                    im = np.pad(im, ((0, H - h), (0, W - w), (0, 0)), constant_values=255)
+                writer.send(np.ascontiguousarray(im))
+        finally:
+            writer.close()
+
+
+def save_animations(joints, paths: Sequence[str | os.PathLike], dataset: str = "t2m", fps: float = 20.0,
+                    title: str = "") -> list[Path]:
+    """Animate one motion (T, J, 3) into each of `paths` (.gif: Pillow; .mp4: imageio-ffmpeg), rendering it once.
+
+    Without imageio-ffmpeg (`pip install imageio-ffmpeg`) a .mp4 is skipped with a warning, and a lone .mp4 request
+    writes a .gif next to it instead. Returns the paths written.
+    """
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if p.suffix.lower() not in (".gif", ".mp4"):
+            raise ValueError(f"path: expected a .gif or .mp4 file name, got {str(p)!r}")
+    if not mp4_available() and any(p.suffix.lower() == ".mp4" for p in paths):
+        gifs = [p for p in paths if p.suffix.lower() == ".gif"]
+        fallback = [] if gifs else [paths[0].with_suffix(".gif")]
+        warnings.warn(f"save_animation: imageio-ffmpeg is not installed (pip install imageio-ffmpeg), "
+                      f"{'writing ' + str(fallback[0]) + ' instead of .mp4' if fallback else 'skipping the .mp4'}")
+        paths = gifs + fallback
+    images = render_frames(joints, dataset, fps, title)
+    for p in paths:
+        (_write_mp4 if p.suffix.lower() == ".mp4" else _write_gif)(images, p, fps)
+    return paths
+
+
+def save_animation(joints, path: str | os.PathLike, dataset: str = "t2m", fps: float = 20.0, title: str = "") -> Path:
+    """Animate one motion (T, J, 3) as a GIF (Pillow) or, for a .mp4 path, an MP4 (imageio-ffmpeg).
+
+    Without imageio-ffmpeg a .mp4 request writes a .gif next to it instead (with a warning). Returns the path written.
+    """
+    return save_animations(joints, [path], dataset, fps, title)[0]
 
 
 def _load_motion(path: str, dataset: str) -> np.ndarray:
