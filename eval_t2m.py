@@ -16,7 +16,9 @@ evaluator are not comparable to published tables.
 
 `--stage rvq` without an evaluator file (the path does not exist) still reports MPJPE and the other reconstruction
 numbers; the report says that FID / R-precision were skipped and why. A file that exists but cannot be loaded is an
-error (exit 1). Out-of-range eval.* settings (e.g. --replications 0) are refused when the config loads, before
+error (exit 1). The ground-truth (and caption) evaluator embeddings of each replication are computed once per
+protocol and kept in `<data.root>/.cache/eval_gt.<split>.<key>.pt`: every stage, run and ablation evaluated later with
+the same evaluator, split and batch size reuses them (bit-equal; `--no-gt-cache` recomputes). Out-of-range eval.* settings (e.g. --replications 0) are refused when the config loads, before
 anything else (exit 2).
 """
 from __future__ import annotations
@@ -86,6 +88,12 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
                         help="number of replications (default: eval.replications of the config, 20)")
     parser.add_argument("--fast", action="store_true",
                         help="1 replication and a shortened MultiModality; the report says NOT COMPARABLE")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="--stage t2m: run the generator in fp32 (default) or under bfloat16 autocast (faster on "
+                             "CPUs and GPUs with bf16 units; tolerance in BENCHMARKS.md)")
+    parser.add_argument("--no-gt-cache", action="store_true",
+                        help="recompute the ground-truth evaluator embeddings instead of reusing the ones of earlier "
+                             "evaluations under the same protocol (<data.root>/.cache/eval_gt.*.pt; bit-equal)")
     args = parser.parse_args(argv)
     flags = []                                    # the two shortcut flags are config keys
     if args.replications is not None:
@@ -128,6 +136,18 @@ def _checkpoint(cfg_value: str, stage: str, args) -> str:
     return path
 
 
+def _gt_cache(cfg: EvalStageConfig, args, eval_set, evaluator):
+    """The ground-truth embeddings of this protocol (utils.evaluation.GTEmbeddingCache), kept in
+    <data.root>/.cache and shared by every stage and run that evaluates with the same evaluator, split and batch
+    size; None with --no-gt-cache."""
+    from utils.evaluation import GTEmbeddingCache
+
+    if args.no_gt_cache:
+        return None
+    return GTEmbeddingCache.for_eval(Path(cfg.data.root) / ".cache", eval_set, evaluator, cfg.eval.effective(),
+                                     name=cfg.split)
+
+
 def _deterministic(ecfg: EvalConfig) -> EvalConfig:
     """GT and reconstructions are deterministic: MultiModality is meaningless (always 0), so it is switched off."""
     return dataclasses.replace(ecfg, mm_mode="off")
@@ -144,7 +164,8 @@ def run_gt(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         return eval_set.denormalize(batch["motion"]), batch["length"]
 
     ecfg = dataclasses.replace(_deterministic(cfg.eval), mask_beyond_length=True)   # exactly the GT path
-    report = evaluate_t2m(ground_truth, eval_set, evaluator, ecfg, label="ground truth (as generation)")
+    report = evaluate_t2m(ground_truth, eval_set, evaluator, ecfg, label="ground truth (as generation)",
+                          gt_cache=_gt_cache(cfg, args, eval_set, evaluator))
     report["requested_config"] = asdict(cfg.eval)
     write_report(report, out_dir, echo=True, stage="gt", checkpoints={}, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
@@ -195,7 +216,8 @@ def run_rvq(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         lengths = torch.as_tensor(batch["length"]).reshape(-1)
         return tok.denormalize(tok.model(batch["motion"].to(tok.device)).recon).cpu(), lengths
 
-    report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction")
+    report = evaluate_t2m(reconstruct, eval_set, evaluator, _deterministic(cfg.eval), label="rvq reconstruction",
+                          gt_cache=_gt_cache(cfg, args, eval_set, evaluator))
     report["requested_config"] = asdict(cfg.eval)
     recon = evaluate_reconstruction(tok, split=cfg.split, evaluator=evaluator, device=device, dataset=eval_set)
     write_report(report, out_dir, echo=True, stage="rvq", checkpoints={"rvq": ckpt}, run_config=to_dict(cfg),
@@ -228,7 +250,9 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     Every test caption is generated with its ground-truth length (or, with --lengths estimator, a length drawn by
     the length estimator; labelled so in the report), in batches of the eval batch size. The per-item seeds come
     from the generator the driver hands over each replication, so a replication is reproducible. Text features
-    (the frozen encoder's per-caption cache) and retrieval results (cached per caption here) are computed once."""
+    (the frozen encoder's per-caption cache), retrieval results (`Retrieval(cache=True)`, per caption) and the
+    ground-truth evaluator embeddings (`GTEmbeddingCache`, shared with every evaluation under this protocol) are
+    computed once. `--precision bf16` runs the generator's stages under bfloat16 autocast (BENCHMARKS.md)."""
     import torch
 
     from datasets.motion_dataset import build_dataset
@@ -240,14 +264,13 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     length = None
     if args.lengths == "estimator":
         length = _checkpoint(cfg.checkpoints.length_estimator, "length_estimator", args)
-    pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, length_estimator=length, device=device)
+    pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, length_estimator=length, device=device,
+                                             precision=args.precision)
     if pipe.dataset != cfg.data.dataset:
         from utils.checkpoint import CheckpointError
 
         raise CheckpointError(f"the pipeline of {mask} is for dataset {pipe.dataset!r} but data.dataset="
                               f"{cfg.data.dataset!r}")
-    if pipe.retrieval is not None:
-        pipe.retrieval = CachedRetrieval(pipe.retrieval)
     evaluator = load_evaluator(cfg, device)
     eval_set = build_dataset(cfg.data, cfg.split, "eval", (pipe.tokenizer.mean, pipe.tokenizer.std))
 
@@ -260,9 +283,11 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
         return out.features, out.lengths
 
     label = "ReMoMask" + (" (estimated lengths)" if args.lengths == "estimator" else "")
-    report = evaluate_t2m(generate, eval_set, evaluator, cfg.eval, label=label)
+    report = evaluate_t2m(generate, eval_set, evaluator, cfg.eval, label=label,
+                          gt_cache=_gt_cache(cfg, args, eval_set, evaluator))
     report["requested_config"] = asdict(cfg.eval)
     report["lengths"] = args.lengths
+    report["precision"] = args.precision
     checkpoints = {"mask": mask, "residual": residual, "tokenizer": pipe.tokenizer.path}
     if pipe.retrieval is not None:
         checkpoints["retriever"] = getattr(pipe.retrieval.encoder, "path", "")
@@ -271,26 +296,6 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     write_report(report, out_dir, echo=True, stage="t2m", checkpoints=checkpoints, run_config=to_dict(cfg), split=cfg.split,
                  dataset_note=_dataset_note(cfg))
     return report
-
-
-class CachedRetrieval:
-    """A pipeline retrieval component whose results are cached per caption (the same every replication)."""
-
-    def __init__(self, retrieval):
-        self.inner, self.encoder, self.database, self.k = retrieval, retrieval.encoder, retrieval.database, retrieval.k
-        self.cache: dict = {}
-
-    def __call__(self, prompts):
-        import torch
-        from models.retrieval_database import RetrievalResult
-
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
-        if missing:
-            res = self.inner(missing)
-            for i, p in enumerate(missing):
-                self.cache[p] = RetrievalResult(res.r_t[i], res.r_m[i], res.indices[i], res.scores[i])
-        rows = [self.cache[p] for p in prompts]
-        return RetrievalResult(*(torch.stack([getattr(r, f) for r in rows]) for f in RetrievalResult._fields))
 
 
 def _generate_items(pipe, captions, lengths, seeds):

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--length-mode", choices=("sample", "argmax"), default="sample",
                      help="how the length estimator picks a length (default: sample)")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    gen.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="fp32 (default) or bfloat16 autocast for the generator's stages: ~2x faster on CPUs with "
+                          "bf16 units and on GPUs; tokens may differ from fp32 (BENCHMARKS.md, tolerance)")
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--runs-root", default="runs", help="root of the run folders (default runs)")
     ck.add_argument("--name", default="demo", help="run name of every stage (default demo)")
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
     try:     # checkpoints that do not belong together are a bad argument of this command: exit code 2
         pipe = ReMoMaskPipeline.from_checkpoints(mask, residual, tokenizer=args.tokenizer, retriever=args.retriever,
                                                  length_estimator=_length_estimator(args), text_path=args.text_path,
-                                                 device=device, allow_mismatch=args.allow_mismatch)
+                                                 device=device, allow_mismatch=args.allow_mismatch,
+                                                 precision=args.precision)
     except (CheckpointError, PipelineError) as err:
         raise GenerateError(str(err)) from None
     lengths = [l if l is not None else args.length for _, l in prompts]

@@ -694,6 +694,29 @@ class MotionTextDataset(ItemDraws, Dataset):
         k = int(np.searchsorted(self.window_offsets, i, side="right")) - 1
         return int(self.motion_indices[k]), i - int(self.window_offsets[k])
 
+    def fingerprint(self) -> str:
+        """Hash (16 hex) of everything an item is made of: the motions, entries and captions, the statistics, the
+        mode, the crop settings, the seed and the word vectors. Equal fingerprints give equal items for every
+        (epoch, index); it keys caches of values computed from the items (utils.evaluation.GTEmbeddingCache)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            for arr in (self.corpus.data, self.corpus.offsets, self.mean, self.std):
+                a = np.ascontiguousarray(arr)
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(memoryview(a).cast("B"))
+            h.update(repr((self.mode, self.spec.name, self.spec.pad_length, self.spec.unit_length,
+                           self.cfg.window_size, self.cfg.max_text_len)).encode())
+            if self.mode != "window":
+                for e in self.entries:
+                    h.update(repr((e.key, e.motion, e.start, e.end,
+                                   [(c.caption, tuple(c.tokens)) for c in e.captions])).encode())
+            if self.vectorizer is not None:
+                vectors = np.ascontiguousarray(self.vectorizer.vectors)
+                h.update(memoryview(vectors).cast("B"))
+                h.update(repr(sorted(getattr(self.vectorizer, "word2idx", {}).items())).encode())
+            self._fingerprint = h.hexdigest()
+        return hashlib.sha256(f"{self._fingerprint}|seed={self.seed}".encode()).hexdigest()[:16]
+
     def normalize(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
 

@@ -165,14 +165,16 @@ class ReMoMaskPipeline:
                          tokenizer: str | os.PathLike | None = None, retriever: str | os.PathLike | None = None,
                          database: str | os.PathLike | None = None,
                          length_estimator: str | os.PathLike | None = None, text_path: str | None = None,
-                         device: str | torch.device = "cpu", allow_mismatch: bool = False) -> "ReMoMaskPipeline":
+                         device: str | torch.device = "cpu", allow_mismatch: bool = False,
+                         precision: str = "fp32", pad_to: int | None = None) -> "ReMoMaskPipeline":
         """Load the two transformers and find the tokenizer and the retrieval through their upstream records
-        (explicit paths override). Refuses components that were not trained together, naming the files."""
+        (explicit paths override). Refuses components that were not trained together, naming the files.
+        `precision` / `pad_to`: as in the constructor."""
         from models.pipeline_loading import load_components
 
         return cls(**load_components(mask, residual, tokenizer=tokenizer, retriever=retriever, database=database,
                                      length_estimator=length_estimator, text_path=text_path, device=device,
-                                     allow_mismatch=allow_mismatch))
+                                     allow_mismatch=allow_mismatch), precision=precision, pad_to=pad_to)
 
     @property
     def device(self) -> torch.device:

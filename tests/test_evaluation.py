@@ -381,3 +381,65 @@ def test_eval_t2m_retriever_stage_writes_protocol_table(mini_root, tmp_path):
     rep = json.loads((tmp_path / "runs/eval/t/retriever/eval.json").read_text())
     assert set(rep["results"]) == {"normal"} and 0 <= rep["results"]["normal"]["t2m/R01"] <= 100
     assert "t2m/R01" in (tmp_path / "runs/eval/t/retriever/eval.md").read_text()
+
+
+# ---- ground-truth embeddings computed once (GTEmbeddingCache) --------------------------------------------------------
+
+class FingerprintedEvalSet(FakeEvalSet):
+    def fingerprint(self):
+        return "fake-eval-set-0"
+
+
+def _noisy_seeded(data):
+    def generate(batch, generator=None):
+        m = data.denormalize(batch["motion"])
+        return m + torch.randn(m.shape, generator=generator), batch["length"]
+    return generate
+
+
+def _count_motion_encodings(ev, monkeypatch):
+    calls = {"n": 0}
+    inner = ev.encode_motion
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return inner(*a, **k)
+    monkeypatch.setattr(ev, "encode_motion", counting)
+    return calls
+
+
+def test_gt_cache_reuses_the_ground_truth_and_changes_no_number(setup, monkeypatch):
+    data, ev = setup
+    cfg = small_cfg(replications=2, mm_mode="off")
+    plain = E.evaluate_t2m(_noisy_seeded(data), data, ev, cfg, collate_fn=collate, progress=False)
+    cache = E.GTEmbeddingCache()
+    first = E.evaluate_t2m(_noisy_seeded(data), data, ev, cfg, collate_fn=collate, progress=False, gt_cache=cache)
+    assert cache.misses == 6 and cache.hits == 0 and len(cache.entries) == 6        # 2 replications x 3 batches
+    calls = _count_motion_encodings(ev, monkeypatch)
+    # another model under the same protocol: only its own motions are embedded
+    second = E.evaluate_t2m(gt_generation(data), data, ev, cfg, collate_fn=collate, progress=False, gt_cache=cache)
+    assert cache.hits == 6 and calls["n"] == 6
+    assert first["metrics"] == plain["metrics"]                                     # bit-equal, not approx
+    assert second["metrics"]["gt"] == plain["metrics"]["gt"]
+    assert second["metrics"]["generated"]["FID"]["mean"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_gt_cache_file_is_shared_by_protocol_and_keyed_by_evaluator(setup, tmp_path, caplog):
+    data, ev = setup
+    data = FingerprintedEvalSet()
+    cfg = small_cfg(replications=1, mm_mode="off")
+    a = E.GTEmbeddingCache.for_eval(tmp_path, data, ev, cfg, name="test")
+    ref = E.evaluate_t2m(_noisy_seeded(data), data, ev, cfg, collate_fn=collate, progress=False, gt_cache=a)
+    files = list(tmp_path.glob("eval_gt.test.*.pt"))
+    assert len(files) == 1 and a.path == files[0]
+    b = E.GTEmbeddingCache.for_eval(tmp_path, data, ev, cfg, name="test")           # a later process
+    assert len(b.entries) == 3
+    again = E.evaluate_t2m(_noisy_seeded(data), data, ev, cfg, collate_fn=collate, progress=False, gt_cache=b)
+    assert b.hits == 3 and b.misses == 0 and again["metrics"] == ref["metrics"]
+    other = T2MEvaluator(EvaluatorConfig(dim_pose=D, **SMALL), np.ones(D), np.full(D, 2.0))   # other weights
+    c = E.GTEmbeddingCache.for_eval(tmp_path, data, other, cfg, name="test")
+    assert c.path != a.path and not c.entries
+    files[0].write_bytes(b"not a torch file")                                        # broken: recomputed
+    d = E.GTEmbeddingCache.for_eval(tmp_path, data, ev, cfg, name="test")
+    assert not d.entries and "unreadable ground-truth embedding cache" in caplog.text
+    assert E.GTEmbeddingCache.for_eval(tmp_path, FakeEvalSet(), ev, cfg).path is None    # no fingerprint: memory

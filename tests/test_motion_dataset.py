@@ -182,6 +182,26 @@ def test_item_lengths_are_the_two_crops_with_probabilities_2_3_and_1_3(simple_ro
     assert seen == {100, 96}
 
 
+def test_fingerprint_changes_with_what_the_items_are_made_of(tmp_path):
+    root = write_dataset(tmp_path / "ds", {"a": motion_array(1, 60), "b": motion_array(2, 80)})
+    base = build_dataset(cfg_for(root), "train", "text", cache=False)
+    again = build_dataset(cfg_for(root), "train", "text", cache=False)
+    assert base.fingerprint() == again.fingerprint() and len(base.fingerprint()) == 16
+    other_stats = build_dataset(cfg_for(root), "train", "text", (np.zeros(D), np.full(D, 2.0)), cache=False)
+    assert other_stats.fingerprint() != base.fingerprint()
+    again.set_epoch(0, seed=5)                                 # the seed selects the items' draws
+    assert again.fingerprint() != base.fingerprint()
+    again.set_epoch(3, seed=0)                                 # the epoch does not (it is part of every lookup)
+    assert again.fingerprint() == base.fingerprint()
+    (root / "texts" / "b.txt").write_text("a person jumps#a/DET person/NOUN jump/VERB#0.0#0.0\n")
+    assert build_dataset(cfg_for(root), "train", "text", cache=False).fingerprint() != base.fingerprint()
+    motion = motion_array(2, 80)
+    motion[10, 3] += 1e-3                                      # one value of one frame
+    np.save(root / "new_joint_vecs" / "b.npy", motion)
+    (root / "texts" / "b.txt").write_text(CAP + "\n")
+    assert build_dataset(cfg_for(root), "train", "text", cache=False).fingerprint() != base.fingerprint()
+
+
 def test_text_item_is_a_normalised_contiguous_crop_zero_padded(tmp_path):
     mean = np.full(D, 1.0, np.float32)
     std = np.full(D, 2.0, np.float32)

@@ -28,6 +28,13 @@ use them):
   of repeats; those batches' last repeat is also the one used for the other metrics, as in the reference.
   "t2m" mode (original T2M): 100 random texts × 30 repeats, 10 pairs. "off": none.
 Final numbers: mean ± 1.96·std/√n over replications (population std).
+
+Ground-truth embeddings, computed once (`GTEmbeddingCache`): since the batches of replication seed s (their order, captions and
+crops) depend on (s, index) alone, the evaluator's caption and real-motion embeddings of batch i of seed s are the
+same for every model scored with that evaluator, eval set and batch size. `evaluate_t2m(..., gt_cache=...)`
+computes them once and reuses them: in memory (the mask stage's repeated val evaluations), or on disk
+(`GTEmbeddingCache.for_eval(folder, ...)`, what eval_t2m.py uses: every ablation row, both length modes and every
+re-evaluated checkpoint share one file). Reused values are the stored float32 arrays: bit-equal to recomputing them.
 """
 from __future__ import annotations
 
@@ -242,9 +249,92 @@ def _check_sizes(n_items: int, cfg: EvalConfig) -> int:
     return n
 
 
+# ------------------------------------------------------------------------------------ ground-truth embedding cache
+
+GT_CACHE_VERSION = 1
+
+
+def eval_set_fingerprint(eval_set) -> str | None:
+    """A hash of what the eval set's items are made of (its `fingerprint()`), or None when it has none."""
+    fn = getattr(eval_set, "fingerprint", None)
+    return fn() if callable(fn) else None
+
+
+class GTEmbeddingCache:
+    """Evaluator embeddings of the captions (text) and real motions (gt) of each (replication seed, batch), reused.
+
+    `path` (optional) is a torch file holding `key` and the arrays; it is read when its key matches (a stale or
+    unreadable file is ignored and replaced) and written atomically by `save()`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, key: dict | None = None):
+        self.path = Path(path) if path else None
+        self.key = dict(key or {})
+        self.entries: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.hits = self.misses = 0
+        self._dirty = False
+        if self.path is not None and self.path.is_file():
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as err:        # noqa: BLE001 - a broken cache is recomputed, never fatal
+                import logging
+                logging.getLogger(__name__).warning("%s: unreadable ground-truth embedding cache (%s); recomputing", self.path,
+                                                    err)
+                return
+            if state.get("key") == self.key:
+                for (seed, i), text, gt in zip(state["index"].tolist(), state["text"], state["gt"]):
+                    self.entries[(seed, i)] = (text.numpy(), gt.numpy())
+
+    @classmethod
+    def for_eval(cls, folder: str | os.PathLike, eval_set, evaluator, cfg: "EvalConfig",
+                 name: str = "eval") -> "GTEmbeddingCache":
+        """The cache file of (evaluator weights, eval set content, batch size) in `folder`; in memory only when the
+        eval set has no fingerprint."""
+        from utils.checkpoint import tensor_fingerprint
+
+        data = eval_set_fingerprint(eval_set)
+        key = {"version": GT_CACHE_VERSION, "evaluator": tensor_fingerprint(evaluator.state_dict()),
+               "eval_set": data, "batch_size": cfg.batch_size}
+        if data is None:
+            return cls(key=key)
+        digest = tensor_fingerprint({k: str(v) for k, v in key.items()})
+        return cls(Path(folder) / f"eval_gt.{name}.{digest}.pt", key)
+
+    def get(self, seed: int, batch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        hit = self.entries.get((int(seed), int(batch)))
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return hit
+
+    def put(self, seed: int, batch: int, text: np.ndarray, gt: np.ndarray) -> None:
+        self.entries[(int(seed), int(batch))] = (np.asarray(text), np.asarray(gt))
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the file (atomically) when there is one and something new was computed; a failure only warns."""
+        if self.path is None or not self._dirty:
+            return
+        from utils.atomic import atomic_path
+
+        keys = sorted(self.entries)
+        state = {"key": self.key, "index": torch.tensor(keys, dtype=torch.long).reshape(-1, 2),
+                 "text": [torch.from_numpy(self.entries[k][0]) for k in keys],
+                 "gt": [torch.from_numpy(self.entries[k][1]) for k in keys]}
+        try:
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
+            self._dirty = False
+        except OSError as err:
+            import logging
+            logging.getLogger(__name__).warning("%s: could not write the ground-truth embedding cache (%s)", self.path, err)
+
+
 # ------------------------------------------------------------------------------------------------ one replication
 
-def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt: bool) -> dict[str, dict]:
+def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt: bool,
+                 gt_cache: GTEmbeddingCache | None = None) -> dict[str, dict]:
     seed_everything(seed)                # only for generate functions that still draw from the global generators
     if hasattr(emb.eval_set, "set_epoch"):
         emb.eval_set.set_epoch(seed)     # the items' caption / crop draws: (seed, index), nothing else
@@ -258,14 +348,22 @@ def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt
     gt_embs, gen_embs, mm_embs = [], [], []
     count = 0
     for i, batch in enumerate(loader):
-        text = emb.text(batch)
+        cached = gt_cache.get(seed, i) if gt_cache is not None and with_gt else None
+        text = emb.text(batch) if cached is None else cached[0]
         if cfg.mm_mode == "momask" and i < cfg.mm_batches:
             repeats = [emb.generated(batch, multimodality=True) for _ in range(cfg.mm_repeats)]
             mm_embs.append(np.stack(repeats, axis=1))                  # (B, R, D)
             gen = repeats[-1]
         else:
             gen = emb.generated(batch)
-        gt = emb.gt(batch) if with_gt else gen
+        if not with_gt:
+            gt = gen
+        elif cached is not None:
+            gt = cached[1]
+        else:
+            gt = emb.gt(batch)
+            if gt_cache is not None:
+                gt_cache.put(seed, i, text, gt)
         b = text.shape[0]
         for key, m in (("gt", gt), ("gen", gen)):
             sums[key] += metrics.r_precision(text, m, cfg.top_k) * b
@@ -297,12 +395,13 @@ def _replication(emb: _Embedder, cfg: EvalConfig, seed: int, collate_fn, with_gt
 
 def evaluate_t2m(generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig | None = None, *,
                  collate_fn: Callable | None = None, with_gt: bool = True, progress: bool = True,
-                 label: str = "generated") -> dict:
+                 label: str = "generated", gt_cache: GTEmbeddingCache | None = None) -> dict:
     """Score `generate_fn` on `eval_set` (a dataset in "eval" mode) with `evaluator`; see the module docstring.
 
     Returns a report dict: `metrics` {"gt": {name: {mean, conf, values}}, "generated": {...}}, the effective
     config, per-replication seeds, sample counts and the comparability note. `with_gt=False` skips the GT
-    embeddings (then FID is not available and the "gt" column is omitted).
+    embeddings (then FID is not available and the "gt" column is omitted). `gt_cache` reuses (and fills) the
+    caption and real-motion embeddings of earlier evaluations under the same protocol (module docstring).
 
     Raises `EvalConfigError` for a setting out of range (`EvalConfig.validate`, before anything runs) and
     `EvaluationError` when the eval set is too small for the protocol.
@@ -319,7 +418,9 @@ def evaluate_t2m(generate_fn: GenerateFn, eval_set, evaluator, cfg: EvalConfig |
         from tqdm import tqdm
         iterator = tqdm(seeds, desc=f"eval {label}", unit="rep")
     for seed in iterator:
-        runs.append(_replication(emb, eff, seed, collate_fn, with_gt))
+        runs.append(_replication(emb, eff, seed, collate_fn, with_gt, gt_cache))
+    if gt_cache is not None:
+        gt_cache.save()
     table: dict[str, dict[str, dict]] = {}
     for key, name in (("gt", "gt"), ("gen", label)):
         if key == "gt" and not with_gt:

@@ -368,7 +368,11 @@ class MaskTask(TrainTask):
 
         ecfg = EvalConfig(replications=1, batch_size=v.eval_batch_size, mm_mode="off", seed=self.cfg.train.seed,
                           diversity_times=min(300, n - 1))
-        report = evaluate_t2m(generate_fn, subset, self.evaluator, ecfg, progress=False, label="mask")
+        if getattr(self, "_gt_cache", None) is None:      # same subset, seed and evaluator at every val: reuse its GT
+            from utils.evaluation import GTEmbeddingCache
+            self._gt_cache = GTEmbeddingCache()
+        report = evaluate_t2m(generate_fn, subset, self.evaluator, ecfg, progress=False, label="mask",
+                              gt_cache=self._gt_cache)
         gen = report["metrics"]["mask"]
         return {"val/fid": gen["FID"]["mean"], "val/top1": gen["R_precision_top1"]["mean"],
                 "val/top3": gen["R_precision_top3"]["mean"], "val/mm_dist": gen["MM_Dist"]["mean"]}
