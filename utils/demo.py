@@ -5,10 +5,13 @@
 
 Data → evaluator → tokenizer → retriever → masked and residual transformers and the length estimator →
 evaluations (ground truth, reconstructions, retrieval, and a fast text-to-motion one) → three prompts generated.
-Each stage runs its own script as a subprocess with its mini config (exactly the command a user would type, printed
-before it runs), so the demo exercises the real entry points. The evaluations use 5 replications (the generator's
-one, `--fast`) instead of the protocol's 20 to keep the demo short; their reports say so. The demo ends by printing
-where its outputs are: the GIFs, BVHs and summary.json of the generated prompts, and every report.
+Each stage runs its own script's `main` with its mini config (exactly the command a user would type, printed
+before it runs), so the demo exercises the real entry points; they run in this process (one Python start-up and
+one import of torch for the whole chain), or each in its own process with `--subprocess`. To fit in 10 minutes on
+2 CPU cores the evaluations use 3 replications instead of the protocol's 20, and the text-to-motion one is `--fast`
+(1 replication, MultiModality over one batch with 5 repeats); their reports say NOT COMPARABLE. The demo ends by
+printing each step's time and where its outputs are: the GIFs, MP4s, BVHs and summary.json of the generated
+prompts, and every report.
 
 `--smoke` writes an 80-motion mini dataset into the runs root (unless --data is given) and runs every stage with tiny
 models for a few steps: it checks that the chain works (the end-to-end test uses it), not that it learns.
@@ -80,7 +83,8 @@ def demo_steps(data: str, name: str, runs: str, smoke: bool = False) -> list[Ste
         Step("tokenizer (train_rvq.py)", "train_rvq.py",
              ("--config", "configs/mini/rvq.yaml", *common, *tiny("rvq")), "{runs}/rvq/{name}"),
         Step("retriever (train_retriever.py)", "train_retriever.py",
-             ("--config", "configs/mini/retriever.yaml", *common, *tiny("retriever")), "{runs}/retriever/{name}"),
+             ("--config", "configs/mini/retriever.yaml", *common, *tiny("retriever"),
+              "retriever.final_eval=false"), "{runs}/retriever/{name}"),     # eval_t2m.py --stage retriever below
         Step("masked transformer (train_mask_transformer.py)", "train_mask_transformer.py",
              ("--config", "configs/mini/mask.yaml", *generator_common, f"upstream.retriever={ckpt['retriever']}",
               f"val.evaluator={evaluator}", *tiny("mask")), "{runs}/mask/{name}"),
@@ -92,10 +96,12 @@ def demo_steps(data: str, name: str, runs: str, smoke: bool = False) -> list[Ste
               *tiny("length_estimator")), "{runs}/length_estimator/{name}"),
     ]
     for stage in ("gt", "rvq", "retriever", "t2m"):
-        flags = ["--replications", "1" if stage == "t2m" or smoke else "5"]
+        flags = ["--replications", "1" if stage == "t2m" or smoke else "3"]
         flags += ["--fast"] if smoke or stage == "t2m" else []
-        overrides = SMOKE_EVAL + (["retrieval_protocols=[normal,table3]"] if stage == "retriever" else []) \
-            if smoke else []
+        if smoke:
+            overrides = SMOKE_EVAL + (["retrieval_protocols=[normal,table3]"] if stage == "retriever" else [])
+        else:   # --fast MultiModality: one batch, 5 repeats, 5 pairs (the demo's time budget)
+            overrides = ["eval.mm_times=5"] if stage == "t2m" else []
         steps.append(Step(f"evaluation: {stage} (eval_t2m.py)", "eval_t2m.py",
                           ("--stage", stage, *flags, *eval_common, *overrides),
                           f"{{runs}}/eval/{{name}}/{stage}/eval.md"))
@@ -117,15 +123,42 @@ def write_prompts_file(runs: str, name: str) -> Path:
     return path
 
 
-def run_step(step: Step) -> float:
-    cmd = [sys.executable, step.script, *step.args]
+def run_step(step: Step, subprocess_: bool = False) -> float:
+    """Run one step (its script's `main` here, or `python <script>` in a subprocess); returns its seconds."""
     print(f"\n=== {step.title}\n$ {shlex.join(['python', step.script, *step.args])}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"demo: step '{step.title}' failed with exit code {result.returncode}; "
-                         f"its command is printed above.")
+    if subprocess_:
+        rc = subprocess.run([sys.executable, step.script, *step.args], cwd=REPO).returncode
+    else:
+        rc = _run_in_process(step)
+    if rc != 0:
+        raise SystemExit(f"demo: step '{step.title}' failed with exit code {rc}; its command is printed above.")
     return time.perf_counter() - start
+
+
+def _run_in_process(step: Step) -> int:
+    """`python <script> <args>` without a new interpreter: the script's main under run_script, from the repo root."""
+    import importlib
+    import os
+
+    from utils.script import run_script
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module = importlib.import_module(Path(step.script).stem)
+    here = os.getcwd()
+    os.chdir(REPO)
+    try:
+        return run_script(module.main, list(step.args), prog=step.script)
+    except SystemExit as exit_:              # argparse's usage errors (exit 2) and explicit SystemExit("message")
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+            return 1
+        return int(exit_.code or 0)
+    finally:
+        os.chdir(here)
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def smoke_data(runs: str) -> str:
@@ -146,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-root", default=None, help="root of the run directories (default: runs; --smoke: "
                                                           "runs/smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps each: checks the chain")
+    parser.add_argument("--subprocess", action="store_true",
+                        help="run each stage in its own Python process (default: in this one, same entry points)")
     args = parser.parse_args(argv)
     runs = args.runs_root or ("runs/smoke" if args.smoke else "runs")
     data = args.data or (smoke_data(runs) if args.smoke else "data/mini")
@@ -156,11 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     total = 0.0
     done = []
     for step in demo_steps(data, args.name, runs, smoke=args.smoke):
-        total += run_step(step)
-        done.append(step)
+        seconds = run_step(step, subprocess_=args.subprocess)
+        print(f"=== {step.title}: {seconds:.0f} s", flush=True)
+        total += seconds
+        done.append((step, seconds))
     print(f"\n=== demo finished in {total:.0f} s")
-    for step in done:
-        print(f"  {step.title:56s} -> {step.output.format(runs=runs, name=args.name)}")
+    for step, seconds in done:
+        print(f"  {step.title:56s} {seconds:5.0f} s -> {step.output.format(runs=runs, name=args.name)}")
     gifs = sorted(Path(runs, "generate", args.name).glob("*/motion.gif"))
     if gifs:
         print("  animations:\n" + "\n".join(f"    {g}" for g in gifs))
