@@ -54,7 +54,8 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_generation_args, check_token_map, cosine_schedule,
-                             guidance_combine, masked_counts, sample, top_k_filter, topk_keep)
+                             guidance_combine, masked_counts, register_column_vocabulary, sample, top_k_filter,
+                             topk_keep)
 
 _MOD = "models/mask_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code / padding
@@ -195,20 +196,10 @@ class MaskTransformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        d, c = cfg.width, cfg.num_columns
-        sizes = [int(k) for k in cfg.codebook_sizes]
-        joint_k = sizes[0]
-        offsets = [0] * cfg.num_groups + ([joint_k] if cfg.has_global_column else [])
-        self.num_codes = joint_k + (sizes[-1] if cfg.has_global_column else 0)      # real codes in the vocabulary
+        d = cfg.width
+        # real codes in the vocabulary; per-column gather index into the head and validity (C, K_max)
+        self.num_codes = register_column_vocabulary(self, cfg.num_groups, cfg.codebook_sizes, cfg.has_global_column)
         self.mask_id, self.pad_id = self.num_codes, self.num_codes + 1
-        self.k_max = max(sizes)
-        self.register_buffer("codebook_sizes", torch.tensor(sizes), persistent=False)        # (C,)
-        self.register_buffer("column_offsets", torch.tensor(offsets), persistent=False)      # (C,)
-        k = torch.arange(self.k_max)
-        # per-column gather index into the head (C, K_max) and validity (C, K_max)
-        idx = torch.stack([offsets[j] + k.clamp(max=sizes[j] - 1) for j in range(c)])
-        self.register_buffer("column_vocab", idx, persistent=False)
-        self.register_buffer("column_valid", k[None, :] < torch.tensor(sizes)[:, None], persistent=False)
 
         self.token_emb = nn.Embedding(self.num_codes + 2, d)
         self.emb_drop = nn.Dropout(cfg.dropout)

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_guidance_scale, check_token_map, check_temperature, check_topk_ratio,
-                             guidance_combine, sample, top_k_filter, topk_keep)
+                             guidance_combine, register_column_vocabulary, sample, top_k_filter, topk_keep)
 
 _MOD = "models/residual_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code (padding or a skipped level)
@@ -160,18 +160,9 @@ class ResidualTransformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        d, c, q, e = cfg.width, cfg.num_columns, cfg.num_quantizers, cfg.embed_dim
-        sizes = [int(k) for k in cfg.codebook_sizes]
-        joint_k = sizes[0]
-        offsets = [0] * cfg.num_groups + ([joint_k] if cfg.has_global_column else [])
-        self.num_codes = joint_k + (sizes[-1] if cfg.has_global_column else 0)      # V: one layer's vocabulary
-        self.k_max = max(sizes)
-        self.register_buffer("codebook_sizes", torch.tensor(sizes), persistent=False)        # (C,)
-        self.register_buffer("column_offsets", torch.tensor(offsets), persistent=False)      # (C,)
-        k = torch.arange(self.k_max)
-        idx = torch.stack([offsets[j] + k.clamp(max=sizes[j] - 1) for j in range(c)])      # (C, K_max)
-        self.register_buffer("column_vocab", idx, persistent=False)
-        self.register_buffer("column_valid", k[None, :] < torch.tensor(sizes)[:, None], persistent=False)
+        d, q, e = cfg.width, cfg.num_quantizers, cfg.embed_dim
+        # V: one layer's vocabulary; per-column gather index and validity (C, K_max)
+        self.num_codes = register_column_vocabulary(self, cfg.num_groups, cfg.codebook_sizes, cfg.has_global_column)
 
         # E_j for the source layers j = 0..Q−2; P_l for l = 1..Q−1 (shared: P_l = E_l for l ≤ Q−2)
         self.token_embed = nn.Parameter(torch.empty(q - 1, self.num_codes, e))

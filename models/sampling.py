@@ -216,6 +216,25 @@ def guidance_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     return torch.where(finite, out, torch.full_like(out, float("-inf")))
 
 
+def register_column_vocabulary(module: torch.nn.Module, num_groups: int, codebook_sizes,
+                               has_global_column: bool) -> int:
+    """The token map's one vocabulary, shared by both transformers: the joint columns' codes 0..K_j−1, then the
+    global column's K_j..K_j+K_g−1. Sets `module.k_max` and registers (non-persistent) `codebook_sizes (C,)`,
+    `column_offsets (C,)`, `column_vocab (C, K_max)` (each column's gather index into the vocabulary, clamped) and
+    `column_valid (C, K_max)` (False beyond the column's codebook). Returns the number of codes V = K_j (+ K_g)."""
+    sizes = [int(k) for k in codebook_sizes]
+    joint_k = sizes[0]
+    offsets = [0] * num_groups + ([joint_k] if has_global_column else [])
+    module.k_max = max(sizes)
+    k = torch.arange(module.k_max)
+    module.register_buffer("codebook_sizes", torch.tensor(sizes), persistent=False)
+    module.register_buffer("column_offsets", torch.tensor(offsets), persistent=False)
+    module.register_buffer("column_vocab", torch.stack([offsets[j] + k.clamp(max=sizes[j] - 1)
+                                                        for j in range(len(sizes))]), persistent=False)
+    module.register_buffer("column_valid", k[None, :] < torch.tensor(sizes)[:, None], persistent=False)
+    return joint_k + (sizes[-1] if has_global_column else 0)
+
+
 def check_token_map(num_groups: int, num_columns: int, codebook_sizes, where: str) -> None:
     """The token-map fields both transformers' configs share (RVQVAE2D geometry): ValueError naming the key."""
     def bad(key: str, expected: str, got) -> ValueError:

@@ -109,3 +109,18 @@ def test_bad_generation_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name) as err:
         check_generation_args(**args)
     assert "\n" not in str(err.value)
+
+
+def test_column_vocabulary_by_hand():
+    import torch
+
+    from models.sampling import register_column_vocabulary
+
+    m = torch.nn.Module()
+    v = register_column_vocabulary(m, num_groups=2, codebook_sizes=[3, 3, 5], has_global_column=True)
+    assert v == 8 and m.k_max == 5                              # joint codes 0..2, global codes 3..7
+    assert m.column_offsets.tolist() == [0, 0, 3]
+    assert m.column_vocab.tolist() == [[0, 1, 2, 2, 2], [0, 1, 2, 2, 2], [3, 4, 5, 6, 7]]
+    assert m.column_valid.tolist() == [[True] * 3 + [False] * 2] * 2 + [[True] * 5]
+    assert not any(name in m.state_dict() for name in ("column_vocab", "column_valid"))   # not in checkpoints
+    assert register_column_vocabulary(torch.nn.Module(), 2, [3, 3], has_global_column=False) == 3
