@@ -118,7 +118,11 @@ def test_exclusion_none_may_retrieve_the_query_itself(frozen, mini_root, tmp_pat
     own = sum(ds.motion_ids[p] == ds.frozen.database.motion_ids[int(ds.retrieved[p, 0])]
               for p in range(len(ds.captions)))
     assert own > 0
-    assert torch.load(tmp_path / "gen_retrieval.train.pt", weights_only=True)["key"]["exclude"] == "none"
+    files = list(tmp_path.glob("gen_retrieval.train.*.pt"))
+    assert len(files) == 1 and torch.load(files[0], weights_only=True)["key"]["exclude"] == "none"
+    # another exclusion gets another file: both caches survive side by side (ablations, back-and-forth runs)
+    GeneratorDataset(DataConfig(root=str(mini_root)), "train").prepare(frozen, tmp_path)
+    assert len(list(tmp_path.glob("gen_retrieval.train.*.pt"))) == 2
 
 
 def test_check_lengths_names_the_dataset_range():

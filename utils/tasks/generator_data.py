@@ -14,8 +14,9 @@ Tokens (reference.md §6.1: targets are the VQ tokens of the motion, no quantize
 `MotionCorpus` is encoded ONCE with `MotionTokenizer.encode` on its full motion (entries are shorter than 200
 frames, so the first `length // 4 · 4` ≤ 196 frames are all of it), giving (T'_e, C, Q) codes, T'_e = length // 4.
 Entries are batched by equal length (no padding), so the cached tokens equal those of encoding each entry alone.
-They are stored in `<cache_dir>/gen_tokens.<split>.pt` (int16, atomic write) with the tokenizer's fingerprint and a
-hash of the entry list; a cache whose fingerprint or entries differ is rebuilt. Items then crop at token
+They are stored in `<cache_dir>/gen_tokens.<split>.<key>.pt` (int16, atomic write; key = hash of the tokenizer's
+fingerprint, so each tokenizer keeps its own file) with the fingerprint and a hash of the entry list inside; a cache
+whose fingerprint or entries differ is rebuilt. Items then crop at token
 granularity: the reference crop length (`crop_length`: all units, one unit fewer with probability 1/3) and a
 uniform start token, drawn from the item's generator (seed, epoch, index) like the caption. Deviation: the
 reference encodes each random frame crop; a token crop of the full encoding differs from it only at the crop's
@@ -30,8 +31,8 @@ Retrieval (paper §2.1, §6 item 8). Every (entry, caption) pair of the split is
 - "id_and_mirror" (ours, default): the query's own motion id and its mirror `M<id>` are never retrieved, so
   training cannot learn to copy the answer from the retrieval;
 - "none": the official code (paper.md §7 "query sample not excluded"): the query's own motion may be retrieved.
-The database row indices are cached in `<cache_dir>/gen_retrieval.<split>.pt`, keyed by the retriever fingerprint,
-a hash of the database features, k and the exclusion; items read r_t, r_m from the database in memory.
+The database row indices are cached in `<cache_dir>/gen_retrieval.<split>.<key>.pt`, keyed (in the name and inside)
+by the retriever fingerprint, a hash of the database features, k and the exclusion; items read r_t, r_m from the database in memory.
 
 Item dicts: tokens (T'_max, C, Q) long, −1 past the crop (T'_max = data.max_motion_length // 4 = 49),
 length_tokens (int), length (frames = 4·length_tokens), t (D_text,), r_t (k, 512), r_m (k, 512) (zeros when the
@@ -344,8 +345,10 @@ class GeneratorDataset(ItemDraws, Dataset):
         """Compute or load the token, text and retrieval caches of this split (`cache_dir`)."""
         cache = Path(cache_dir)
         bs = frozen.cfg.encode_batch_size
+        # file names carry the upstream's key, so runs on other upstream weights (ablations) keep their own caches
+        tok_key = _hash(frozen.tokenizer.fingerprint)
         self.tokens, self.lengths_tokens = build_token_cache(self.corpus, frozen.tokenizer,
-                                                             cache / f"gen_tokens.{self.split}.pt", bs)
+                                                             cache / f"gen_tokens.{self.split}.{tok_key}.pt", bs)
         if self.tokens.shape[1] > self.tmax:
             raise GeneratorDataError(f"{_MOD}: token cache has {self.tokens.shape[1]} steps, more than "
                                      f"data.max_motion_length // 4 = {self.tmax}")
@@ -353,8 +356,10 @@ class GeneratorDataset(ItemDraws, Dataset):
                                            cache / f"gen_text.{self.split}.{frozen.text_key}.pt", bs)
         self.retrieved = None
         if frozen.retrieval:
+            ret_key = _hash([frozen.query_encoder.weights_fingerprint(), frozen.database_key(),
+                             frozen.cfg.retrieval_k, frozen.cfg.exclude])
             self.retrieved = build_retrieval_cache(self.captions, self.motion_ids, frozen,
-                                                   cache / f"gen_retrieval.{self.split}.pt", bs)
+                                                   cache / f"gen_retrieval.{self.split}.{ret_key}.pt", bs)
         self.frozen = frozen
         self.k = frozen.cfg.retrieval_k
         self.retrieval_dim = frozen.database.motion_feats.shape[-1] if frozen.retrieval else 512
