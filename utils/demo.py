@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n=== demo finished in {total:.0f} s")
     for step, seconds in done:
         print(f"  {step.title:56s} {seconds:5.0f} s -> {step.output.format(runs=runs, name=args.name)}")
-    gifs = sorted(Path(runs, "generate", args.name).glob("*/motion.gif"))
-    if gifs:
-        print("  animations:\n" + "\n".join(f"    {g}" for g in gifs))
+    animations = sorted(Path(runs, "generate", args.name).glob("*/motion.gif")) + \
+        sorted(Path(runs, "generate", args.name).glob("*/motion.mp4"))
+    if animations:
+        print("  animations:\n" + "\n".join(f"    {g}" for g in animations))
 
 
 if __name__ == "__main__":
