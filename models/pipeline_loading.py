@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import (CheckpointError, check_same_text_encoder, check_upstream, load_model,
+from utils.checkpoint import (CheckpointError, check_same_text_encoder, check_upstream, load_model, refuse_or_warn,
                               tensor_fingerprint)
 
 _MOD = "models/pipeline_loading.py"
@@ -80,13 +80,9 @@ def load_components(mask: str | os.PathLike, residual: str | os.PathLike, *, tok
     for path, ckpt in ((mask, mask_ckpt), (residual, res_ckpt)):
         recorded = (ckpt.get("extra") or {}).get("text_weights")
         if recorded and recorded != weights:
-            msg = (f"{path} was trained with text encoder weights {recorded}, but the text encoder rebuilt from "
-                   f"{text_cfg.path or text_cfg.name!r} has {weights}; pass the weights it was trained with "
-                   f"(--text-path)")
-            if not allow_mismatch:
-                raise CheckpointError(msg)
-            import warnings
-            warnings.warn(msg + " (allowed by the override)", stacklevel=2)
+            refuse_or_warn(f"{path} was trained with text encoder weights {recorded}, but the text encoder rebuilt "
+                           f"from {text_cfg.path or text_cfg.name!r} has {weights}; pass the weights it was trained "
+                           f"with (--text-path)", allow_mismatch)
 
     retrieval = None
     if mask_model.uses_retrieval:

@@ -213,12 +213,18 @@ def check_upstream(ckpt_path: str | os.PathLike, ckpt: Mapping[str, Any], name: 
     recorded = ((ckpt.get("extra") or {}).get("upstream") or {}).get(name)
     if not recorded or recorded.get("fingerprint") == fingerprint:
         return
-    msg = (f"checkpoint {ckpt_path} was trained on {name} {recorded.get('path')} (fingerprint "
-           f"{recorded.get('fingerprint')}), but {name} {path} (fingerprint {fingerprint}) is in use; pass the {name} "
-           f"it was trained with, or retrain it on this one")
+    refuse_or_warn(f"checkpoint {ckpt_path} was trained on {name} {recorded.get('path')} (fingerprint "
+                   f"{recorded.get('fingerprint')}), but {name} {path} (fingerprint {fingerprint}) is in use; pass "
+                   f"the {name} it was trained with, or retrain it on this one", allow_mismatch,
+                   " (allowed by the override; results may be meaningless)")
+
+
+def refuse_or_warn(msg: str, allow_mismatch: bool, allowed_note: str = " (allowed by the override)") -> None:
+    """A checkpoint next to weights it was not trained with: `CheckpointError(msg)`, or with `allow_mismatch` a
+    warning (msg + allowed_note) for the caller's caller."""
     if not allow_mismatch:
         raise CheckpointError(msg)
-    warnings.warn(msg + " (allowed by the override; results may be meaningless)", stacklevel=2)
+    warnings.warn(msg + allowed_note, stacklevel=3)
 
 
 def check_same_text_encoder(path_a: str | os.PathLike, ckpt_a: Mapping[str, Any], path_b: str | os.PathLike,

@@ -86,10 +86,7 @@ def contrastive_metrics(sims: np.ndarray, text_sims: np.ndarray | None = None, t
     Returns:
         dict with keys t2m/R01 R02 R03 R05 R10 MedR and m2t/... (R in percent).
     """
-    sims = np.asarray(sims, dtype=np.float64)
-    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
-        raise ValueError(f"utils/retrieval_metrics.py: sims must be a square (N, N) text×motion matrix, got shape "
-                         f"{sims.shape}")
+    sims = _square_sims(sims)
     positives = None
     if threshold is not None or text_sims is not None:
         if threshold is None or text_sims is None:
@@ -104,6 +101,15 @@ def contrastive_metrics(sims: np.ndarray, text_sims: np.ndarray | None = None, t
     out = _one_direction(sims, positives, "t2m", rounding)
     out.update(_one_direction(sims.T, None if positives is None else positives.T, "m2t", rounding))
     return out
+
+
+def _square_sims(sims) -> np.ndarray:
+    """`sims` as a float64 (N, N) array; ValueError naming the argument otherwise."""
+    sims = np.asarray(sims, dtype=np.float64)
+    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
+        raise ValueError(f"utils/retrieval_metrics.py: sims must be a square (N, N) text×motion matrix, got shape "
+                         f"{sims.shape}")
+    return sims
 
 
 def _first_positive_ranks(sims: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -124,10 +130,7 @@ def identical_caption_metrics(sims: np.ndarray, captions: Sequence[str],
     Returns:
         dict with keys t2m/R01 R02 R03 R05 R10 MedR and m2t/... (R in percent).
     """
-    sims = np.asarray(sims, dtype=np.float64)
-    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
-        raise ValueError(f"utils/retrieval_metrics.py: sims must be a square (N, N) text×motion matrix, got shape "
-                         f"{sims.shape}")
+    sims = _square_sims(sims)
     captions = list(captions)
     if len(captions) != sims.shape[0]:
         raise ValueError(f"utils/retrieval_metrics.py: {len(captions)} captions for a {sims.shape} similarity matrix")
