@@ -34,6 +34,7 @@ from utils.config import to_dict
 from utils.evaluation import EvalConfig
 from utils.retrieval_metrics import PROTOCOLS as RETRIEVAL_PROTOCOLS
 
+PRECISIONS = ("fp32", "bf16", "bf16-autocast")   # = models.pipeline.PRECISIONS (kept torch-free for --help)
 STAGES = ("gt", "rvq", "retriever", "t2m")
 
 
@@ -88,9 +89,10 @@ def parse_args(argv=None) -> tuple[EvalStageConfig, argparse.Namespace]:
                         help="number of replications (default: eval.replications of the config, 20)")
     parser.add_argument("--fast", action="store_true",
                         help="1 replication and a shortened MultiModality; the report says NOT COMPARABLE")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="--stage t2m: run the generator in fp32 (default) or under bfloat16 autocast (faster on "
-                             "CPUs and GPUs with bf16 units; tolerance in BENCHMARKS.md)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="--stage t2m: run the generator in fp32 (default), bf16 (bfloat16 weight copies of the "
+                             "transformers, autocast elsewhere) or bf16-autocast; bf16 is faster on CPUs and GPUs "
+                             "with bf16 units (tolerance in BENCHMARKS.md)")
     parser.add_argument("--no-gt-cache", action="store_true",
                         help="recompute the ground-truth evaluator embeddings instead of reusing the ones of earlier "
                              "evaluations under the same protocol (<data.root>/.cache/eval_gt.*.pt; bit-equal)")
@@ -252,7 +254,7 @@ def run_t2m(cfg: EvalStageConfig, args, device, out_dir: Path) -> dict:
     from the generator the driver hands over each replication, so a replication is reproducible. Text features
     (the frozen encoder's per-caption cache), retrieval results (`Retrieval(cache=True)`, per caption) and the
     ground-truth evaluator embeddings (`GTEmbeddingCache`, shared with every evaluation under this protocol) are
-    computed once. `--precision bf16` runs the generator's stages under bfloat16 autocast (BENCHMARKS.md)."""
+    computed once. `--precision bf16` runs the generator in bfloat16 (models/pipeline.py, BENCHMARKS.md)."""
     import torch
 
     from datasets.motion_dataset import build_dataset

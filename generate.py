@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 PENDING_STAGES = ("mask", "residual")
+PRECISIONS = ("fp32", "bf16", "bf16-autocast")   # = models.pipeline.PRECISIONS (kept torch-free for --help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--length-mode", choices=("sample", "argmax"), default="sample",
                      help="how the length estimator picks a length (default: sample)")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    gen.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                     help="fp32 (default) or bfloat16 autocast for the generator's stages: ~2x faster on CPUs with "
-                          "bf16 units and on GPUs; tokens may differ from fp32 (BENCHMARKS.md, tolerance)")
+    gen.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="fp32 (default, exact); bf16: bfloat16 copies of the transformers' weights and bf16 "
+                          "autocast elsewhere, ~2x faster on CPUs with bf16 units and on GPUs; bf16-autocast: "
+                          "autocast only. bf16 tokens may differ from fp32's (BENCHMARKS.md, tolerance)")
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--runs-root", default="runs", help="root of the run folders (default runs)")
     ck.add_argument("--name", default="demo", help="run name of every stage (default demo)")

@@ -247,6 +247,8 @@ class MaskTransformer(nn.Module):
         if not torch.is_tensor(t) or t.shape != (batch, cfg.text_dim):
             got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
             raise ValueError(f"{_MOD}: argument 't' must have shape (B={batch}, text_dim={cfg.text_dim}), got {got}")
+        dtype = self.token_emb.weight.dtype                                    # conditions follow the weights
+        t = t.to(dtype)                                                          # (a bf16 copy takes fp32 features)
         if not self.uses_retrieval:
             return t, None, None
         out = []
@@ -258,7 +260,7 @@ class MaskTransformer(nn.Module):
                 got = tuple(r.shape) if torch.is_tensor(r) else type(r).__name__
                 raise ValueError(f"{_MOD}: argument '{name}' must have shape (B={batch}, k, "
                                  f"retrieval_dim={cfg.retrieval_dim}) (RetrievalResult.{name}), got {got}")
-            out.append(r)
+            out.append(r.to(dtype))
         if out[0].shape[1] != out[1].shape[1]:
             raise ValueError(f"{_MOD}: arguments 'r_t' and 'r_m' must hold the same k, got {out[0].shape[1]} "
                              f"and {out[1].shape[1]}")

@@ -19,8 +19,12 @@ random draw of that item comes from it (`models.sampling.sample_per_item`), so a
 calling the pipeline one prompt at a time with the matching seeds. A `torch.Generator` may be passed instead
 (`generator=`): one stream for the whole batch, faster to set up, but not per-item reproducible.
 
-Speed (utils/benchmarks/generate.py, BENCHMARKS.md "Generation (issue #16)"). `precision="bf16"` runs the stages
-named in `bf16_stages` under bfloat16 autocast (CPU with AMX / avx512_bf16, or CUDA); fp32 (the default) is exact.
+Speed (utils/benchmarks/generate.py, BENCHMARKS.md "Generation (issue #16)"). fp32 (the default) is exact. The
+stages named in `bf16_stages` run in bfloat16 (CPU with AMX / avx512_bf16, or CUDA) with
+- `precision="bf16"`: the two transformers as bfloat16 copies of their weights (`models.low_precision.Bf16Copy`,
+  rebuilt when the fp32 weights change; logits and sampling stay in fp32), text, retrieval and decoding under
+  bfloat16 autocast; the fastest;
+- `precision="bf16-autocast"`: every stage under bfloat16 autocast (fp32 weights, bf16 matmuls).
 bf16 changes the sampled tokens of a seed (near-tied logits flip), within the tolerance the benchmark measures and
 states. `pad_to` pads the token map to a fixed number of steps (static shapes for torch.compile / CUDA graphs);
 with per-item seeds the tokens do not change.
@@ -37,10 +41,12 @@ import torch
 from torch import Tensor, nn
 
 from datasets.registry import dataset_facts
+from models.low_precision import Bf16Copy
 from models.text_encoders import check_texts, warn_if_truncated
 
 _MOD = "models/pipeline.py"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "bf16-autocast")
+WEIGHT_STAGES = ("mask", "residual")         # precision "bf16": held as bf16 weight copies
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
 
 
@@ -126,6 +132,7 @@ class ReMoMaskPipeline:
         self.precision, self.bf16_stages, self.pad_to = precision, tuple(bf16_stages), pad_to
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
         self.mask, self.residual = mask.eval(), residual.eval()
+        self._bf16_copies = {"mask": Bf16Copy(self.mask), "residual": Bf16Copy(self.residual)}
         self.retrieval, self.length_estimator = retrieval, length_estimator
         if length_estimator is not None:
             length_estimator.eval()
@@ -180,11 +187,26 @@ class ReMoMaskPipeline:
     def device(self) -> torch.device:
         return next(self.mask.parameters()).device
 
+    def _in_bf16(self, stage: str) -> bool:
+        return self.precision != "fp32" and stage in self.bf16_stages
+
     def autocast(self, stage: str):
-        """The autocast context of one stage: bfloat16 when `precision="bf16"` and the stage is in `bf16_stages`."""
-        if self.precision == "bf16" and stage in self.bf16_stages:
+        """The autocast context of one stage: bfloat16 when the stage runs in bf16 and is not held as bf16 weights
+        (module docstring), else none."""
+        if self._in_bf16(stage) and not (self.precision == "bf16" and stage in WEIGHT_STAGES):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def stage_module(self, stage: str) -> nn.Module:
+        """The transformer that runs stage "mask" or "residual": its bfloat16 copy under `precision="bf16"`, else the
+        module itself."""
+        module = {"mask": self.mask, "residual": self.residual}[stage]
+        if self.precision == "bf16" and stage in self.bf16_stages:
+            copy = self._bf16_copies[stage]
+            if copy.source is not module:                   # the component was swapped after construction
+                copy = self._bf16_copies[stage] = Bf16Copy(module.eval())
+            return copy.get()
+        return module
 
     # ---- arguments ---------------------------------------------------------------------------------------------------
     def check_lengths(self, lengths: Sequence[int], strict: bool = True) -> Tensor:
@@ -267,12 +289,12 @@ class ReMoMaskPipeline:
         steps_t = frames // self.tokenizer.downsample
         # 4. base layer, residual layers, decode
         with self.autocast("mask"):
-            base = self.mask.generate(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
-                                      topk_ratio=topk_ratio, temperature=temperature, generator=gens,
-                                      pad_to=self.pad_to)
+            base = self._generate_base(t, r_t, r_m, steps_t.to(device), steps=steps, guidance_scale=guidance_scale,
+                                       topk_ratio=topk_ratio, temperature=temperature, generator=gens,
+                                       pad_to=self.pad_to)
         with self.autocast("residual"):
-            tokens = self.residual.generate(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
-                                            generator=gens, pad_to=self.pad_to)
+            tokens = self._generate_residual(base, t, steps_t.to(device), guidance_scale=residual_guidance_scale,
+                                             generator=gens, pad_to=self.pad_to)
         with self.autocast("decode"):
             raw = self._decode(tokens, steps_t)                                          # (B, 4T', D) CPU
         valid = torch.arange(raw.shape[1])[None, :] < frames[:, None]
@@ -282,6 +304,15 @@ class ReMoMaskPipeline:
         joints = joints * valid.cpu().numpy()[..., None, None]
         return MotionOutput(features=raw, joints=joints, lengths=frames, tokens=tokens.cpu(), prompts=items,
                             seeds=seeds, neighbours=neighbours)
+
+    def _generate_base(self, t: Tensor, r_t: Tensor | None, r_m: Tensor | None, token_steps: Tensor,
+                       **options) -> Tensor:
+        """The base layer (B, T', C) from `MaskTransformer.generate` (token_steps: lengths in token steps (B,))."""
+        return self.stage_module("mask").generate(t, r_t, r_m, token_steps, **options)
+
+    def _generate_residual(self, base: Tensor, t: Tensor, token_steps: Tensor, **options) -> Tensor:
+        """All layers (B, T', C, Q) from `ResidualTransformer.generate` on the base layer."""
+        return self.stage_module("residual").generate(base, t, token_steps, **options)
 
     def _decode(self, tokens: Tensor, steps: Tensor) -> Tensor:
         """Decode each item at its own length (items of equal length together), zero past it: the convolutional

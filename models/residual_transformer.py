@@ -299,7 +299,7 @@ class ResidualTransformer(nn.Module):
         x = x + self.layer_emb(layer)[:, None, None, :]
         x = self.emb_drop(x).reshape(b, tp * c, d)
         flat_pad = pad[:, :, None].expand(b, tp, c).reshape(b, tp * c)
-        cond = self.cond_emb(t)
+        cond = self.cond_emb(t.to(x.dtype))                                           # a bf16 copy takes fp32 t
         for block in self.blocks:
             x = block(x, flat_pad, cond, text_keep=keep)
         out = self.head(self.norm(x)).reshape(b, tp, c, self.cfg.embed_dim)

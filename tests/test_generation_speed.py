@@ -139,3 +139,53 @@ def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
     assert r["samples_per_s"] > 0 and r["params"] > 1e6
     item = tg.synthetic_generator_dataset(entries=50)[3]
     assert item["tokens"].shape == (49, 7, 6) and item["r_t"].shape == (1, 512)
+
+
+def test_the_scripts_offer_the_pipelines_precisions():
+    import eval_t2m
+    import generate
+    from models.pipeline import PRECISIONS
+
+    assert generate.PRECISIONS == eval_t2m.PRECISIONS == PRECISIONS
+
+
+def test_bf16_copy_follows_its_source_and_leaves_it_in_fp32(components):
+    from models.low_precision import Bf16Copy
+
+    mask = components["mask"]
+    before = {k: v.clone() for k, v in mask.state_dict().items()}
+    copy = Bf16Copy(mask)
+    first = copy.get()
+    assert copy.get() is first                                            # cached while the source is unchanged
+    assert first is not mask and first.token_emb.weight.dtype == torch.bfloat16
+    assert mask.token_emb.weight.dtype == torch.float32                   # the source keeps its fp32 weights
+    assert first.column_vocab.dtype == mask.column_vocab.dtype            # integer buffers are not cast
+    changed = {k: (v + 1 if v.is_floating_point() else v) for k, v in before.items()}
+    mask.load_state_dict(changed)
+    try:
+        second = copy.get()
+        assert second is not first
+        torch.testing.assert_close(second.token_emb.weight.float(), changed["token_emb.weight"], atol=0.05, rtol=0.01)
+    finally:
+        mask.load_state_dict(before)
+
+
+def test_bf16_pipeline_runs_bf16_copies_and_autocast_keeps_fp32_weights(components):
+    weights = bench.make_pipeline(components, precision="bf16")
+    auto = bench.make_pipeline(components, precision="bf16-autocast")
+    assert weights.stage_module("mask").token_emb.weight.dtype == torch.bfloat16
+    assert weights.stage_module("residual").token_embed.dtype == torch.bfloat16
+    assert auto.stage_module("mask") is components["mask"]
+    assert bench.make_pipeline(components, precision="bf16", bf16_stages=("text",)).stage_module("mask") \
+        is components["mask"]
+    a, b = _call(weights), _call(auto)
+    assert a.tokens.shape == b.tokens.shape and a.features.dtype == torch.float32
+    assert float((a.tokens == b.tokens)[a.tokens >= 0].float().mean()) > 0.8
+
+
+def test_bf16_weights_keep_the_per_item_seeds(components):
+    """precision "bf16": a batch gives each item the tokens it gets alone (the copies do not break per-item seeds)."""
+    pipe = bench.make_pipeline(components, precision="bf16")
+    both = pipe(PROMPTS[:2], lengths=[120, 120], steps=3, seed=3)
+    alone = pipe(PROMPTS[1:2], lengths=[120], steps=3, seed=4)
+    assert torch.equal(both.tokens[1:], alone.tokens)

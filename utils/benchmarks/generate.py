@@ -13,9 +13,12 @@ Paths timed side by side in one run (their repeats interleaved, so load changes 
   no feature cache, the retrieval without cache, fp32, eager;
 - **fast fp32**: one doubled batch for guidance, the text encoded once per prompt and shared, fp32 (its tokens are
   checked equal to the naive path's);
-- **fast bf16**: the same under bfloat16 autocast (AMX / avx512_bf16 on this CPU; CUDA bf16). Its tokens differ
+- **fast bf16** (pipeline precision "bf16"): the same with the transformers held as bfloat16 weight copies and
+  text, retrieval and decoding under bfloat16 autocast (AMX / avx512_bf16 on a CPU; CUDA bf16). Its tokens differ
   from fp32 where near-tied logits flip; the run measures and states the difference (first-pass guided logits,
-  token agreement, decoded-feature error for the same tokens, text features, retrieval top-1).
+  token agreement, decoded-feature error for the same tokens, text features, retrieval top-1);
+- **fast bf16 autocast** (precision "bf16-autocast", `--no-autocast-path` skips it): every stage under bfloat16
+  autocast with the fp32 weights, the bf16 path of earlier versions, timed beside it for the ratio.
 - with `--compile`: **fast bf16 + compile**: torch.compile of the transformer blocks and heads on static shapes
   (`pad_to` = 49 token steps), `--compile-mode` default "reduce-overhead" (CUDA graphs) on CUDA and "default"
   (inductor) on the CPU. The CUDA variant is written but was not run on a GPU by the session that wrote it.
@@ -260,13 +263,13 @@ def stage_timer(pipe, times: dict[str, float]):
             return out
         return wrapper
 
-    text, mask, residual = pipe.text_encoder, pipe.mask, pipe.residual
-    patched = [(text, "forward", text.forward), (mask, "generate", mask.generate),
-               (residual, "generate", residual.generate), (pipe, "_decode", pipe._decode)]
+    text = pipe.text_encoder
+    patched = [(text, "forward", text.forward), (pipe, "_generate_base", pipe._generate_base),
+               (pipe, "_generate_residual", pipe._generate_residual), (pipe, "_decode", pipe._decode)]
     had = [(obj, name, name in obj.__dict__) for obj, name, _ in patched]
     text.forward = timed("text", text.forward)
-    mask.generate = timed("mask", mask.generate)
-    residual.generate = timed("residual", residual.generate)
+    pipe._generate_base = timed("mask", pipe._generate_base)
+    pipe._generate_residual = timed("residual", pipe._generate_residual)
     pipe._decode = timed("decode", pipe._decode)
     retrieval = pipe.retrieval
     if retrieval is not None:
@@ -326,7 +329,7 @@ def count_stage_flops(pipe, prompts: list[str], frames: int, steps: int) -> dict
 
     flops: dict[str, float] = {}
     wrappers = {}
-    text, mask, residual = pipe.text_encoder, pipe.mask, pipe.residual
+    text = pipe.text_encoder
 
     def counted(stage: str, fn: Callable) -> Callable:
         def wrapper(*a, **kw):
@@ -338,10 +341,10 @@ def count_stage_flops(pipe, prompts: list[str], frames: int, steps: int) -> dict
         return wrapper
 
     clear_caches(pipe)
-    wrappers = [(text, "forward"), (mask, "generate"), (residual, "generate"), (pipe, "_decode")]
+    wrappers = [(text, "forward"), (pipe, "_generate_base"), (pipe, "_generate_residual"), (pipe, "_decode")]
     text.forward = counted("text", text.forward)
-    mask.generate = counted("mask", mask.generate)
-    residual.generate = counted("residual", residual.generate)
+    pipe._generate_base = counted("mask", pipe._generate_base)
+    pipe._generate_residual = counted("residual", pipe._generate_residual)
     pipe._decode = counted("decode", pipe._decode)
     if pipe.retrieval is not None:
         pipe.retrieval._query = counted("retrieval", pipe.retrieval._query)
@@ -377,7 +380,12 @@ def matmul_throughput(device, dtype: torch.dtype, n: int = 2048, repeats: int = 
 # Accuracy of bf16 against fp32
 # ----------------------------------------------------------------------------------------------------------------
 def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, bf16_out) -> dict:
-    """How far bf16 autocast moves each stage from fp32, on the same inputs."""
+    """How far the pipeline's precision "bf16" moves each stage from fp32, on the same inputs: text, retrieval and
+    decoding under bf16 autocast, the transformers as bf16 weight copies (`mask_*`, `residual_*`; the
+    `*_autocast` rows give the same measures for precision "bf16-autocast"). `pipe` is an fp32 pipeline,
+    `fp32_out` / `bf16_out` whole runs of the fp32 and the bf16 path with the same seeds."""
+    from models.low_precision import Bf16Copy
+
     device = pipe.device
     dev = device.type
     res: dict[str, float] = {}
@@ -399,28 +407,34 @@ def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, 
         b, tp, c = len(prompts), frames // pipe.tokenizer.downsample, pipe.mask.cfg.num_columns
         tokens = torch.full((b, tp, c), -2, dtype=torch.long, device=device)
         rt, rm = r32.r_t.to(device), r32.r_m.to(device)
+        mask16, residual16 = Bf16Copy(pipe.mask).get(), Bf16Copy(pipe.residual).get()
         l32 = pipe.mask.guided_logits(tokens, t32, rt, rm)
         with torch.autocast(dev, dtype=torch.bfloat16):
-            l16 = pipe.mask.guided_logits(tokens, t32, rt, rm)
+            l16_autocast = pipe.mask.guided_logits(tokens, t32, rt, rm)
+        l16 = mask16.guided_logits(tokens, t32, rt, rm)
         fin = torch.isfinite(l32)
-        d = (l16.float() - l32)[fin]
-        res["mask_logit_max_abs_err"] = float(d.abs().max())
-        res["mask_logit_rel_err"] = float(d.norm() / l32[fin].norm())
-        res["mask_argmax_agreement"] = float((l16.argmax(-1) == l32.argmax(-1)).float().mean())
-        p32, p16 = torch.softmax(l32, -1), torch.softmax(l16.float(), -1)
-        res["mask_prob_tv"] = float(0.5 * (p32 - p16).abs().sum(-1).mean())       # total variation distance
+        p32 = torch.softmax(l32, -1)
+        for suffix, out in (("", l16), ("_autocast", l16_autocast)):
+            d = (out.float() - l32)[fin]
+            res["mask_logit_max_abs_err" + suffix] = float(d.abs().max())
+            res["mask_logit_rel_err" + suffix] = float(d.norm() / l32[fin].norm())
+            res["mask_argmax_agreement" + suffix] = float((out.argmax(-1) == l32.argmax(-1)).float().mean())
+            res["mask_prob_tv" + suffix] = float(0.5 * (p32 - torch.softmax(out.float(), -1)).abs().sum(-1).mean())
         # first residual level on the fp32 tokens
         toks = fp32_out.tokens.to(device)
         q32 = pipe.residual.guided_logits(toks, 1, t32)
         with torch.autocast(dev, dtype=torch.bfloat16):
-            q16 = pipe.residual.guided_logits(toks, 1, t32)
+            q16_autocast = pipe.residual.guided_logits(toks, 1, t32)
+        q16 = residual16.guided_logits(toks, 1, t32)
         valid = toks[..., 0] >= 0
         fin = torch.isfinite(q32) & valid[..., None]
-        d = (q16.float() - q32)[fin]
-        res["residual_logit_rel_err"] = float(d.norm() / q32[fin].norm())
-        res["residual_argmax_agreement"] = float((q16.argmax(-1) == q32.argmax(-1))[valid].float().mean())
-        res["residual_prob_tv"] = float(0.5 * (torch.softmax(q32, -1) - torch.softmax(q16.float(), -1))
-                                        .abs().sum(-1)[valid].mean())
+        for suffix, out in (("", q16), ("_autocast", q16_autocast)):
+            d = (out.float() - q32)[fin]
+            res["residual_logit_rel_err" + suffix] = float(d.norm() / q32[fin].norm())
+            res["residual_argmax_agreement" + suffix] = float((out.argmax(-1) == q32.argmax(-1))[valid].float()
+                                                              .mean())
+            res["residual_prob_tv" + suffix] = float(0.5 * (torch.softmax(q32, -1) - torch.softmax(out.float(), -1))
+                                                     .abs().sum(-1)[valid].mean())
         # decoding the same (fp32) tokens
         steps_t = torch.full((b,), tp, dtype=torch.long)
         x32 = pipe._decode(fp32_out.tokens, steps_t)
@@ -438,11 +452,11 @@ def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, 
 # ----------------------------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------------------------
-def compile_for_cuda(pipe, mode: str = "reduce-overhead") -> None:
-    """torch.compile each transformer block and head in place (mode "reduce-overhead": CUDA graphs on CUDA;
-    "default" on the CPU); shapes are static when the pipeline pads to a fixed length (`pad_to`) and the batch
-    size does not change."""
-    for model in (pipe.mask, pipe.residual):
+def compile_transformers(pipe, mode: str = "reduce-overhead") -> None:
+    """torch.compile each block and head of the transformers the pipeline runs (its bf16 copies under precision
+    "bf16") in place (mode "reduce-overhead": CUDA graphs on CUDA; "default" on the CPU); shapes are static when
+    the pipeline pads to a fixed length (`pad_to`) and the batch size does not change."""
+    for model in (pipe.stage_module("mask"), pipe.stage_module("residual")):
         for block in model.blocks:
             block.compile(mode=mode, dynamic=False)
         model.head.compile(mode=mode, dynamic=False)
@@ -462,19 +476,21 @@ def machine(device) -> str:
             f"{torch.get_num_threads()} torch threads")
 
 
+PRECISION_OF = {"naive": "fp32", "fast_fp32": "fp32", "fast_bf16": "bf16", "fast_bf16_autocast": "bf16-autocast",
+                "fast_bf16_compile": "bf16"}
+
+
 def run_paths(components: dict, paths: list[str], batch: int, frames: int, steps: int, warmup: int, repeats: int,
-              compiled: dict | None = None) -> dict:
+              compiled=None) -> dict:
     """Time each path at one batch size, repeats interleaved. Returns {path: {"stages": {...}, "out": MotionOutput}}.
-    `compiled`: the components of the "fast_bf16_compile" path (compiled copies of the transformers)."""
+    `compiled`: the pipeline of the "fast_bf16_compile" path (its bf16 transformer copies compiled)."""
     prompts = prompts_for(batch)
     pipes = {}
     for path in paths:
-        opts = {}
-        if path in ("fast_bf16", "fast_bf16_compile"):
-            opts["precision"] = "bf16"
-        if path == "fast_bf16_compile":
-            opts["pad_to"] = 49
-        pipes[path] = make_pipeline(compiled if path == "fast_bf16_compile" else components, **opts)
+        pipe = compiled if path == "fast_bf16_compile" else make_pipeline(components, precision=PRECISION_OF[path])
+        if pipe.precision == "bf16":                # the bf16 weight copies are made here, outside the timed calls
+            pipe.stage_module("mask"), pipe.stage_module("residual")
+        pipes[path] = pipe
     samples: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     outs = {}
 
@@ -522,8 +538,8 @@ class _AttentionTimer(torch.overrides.TorchFunctionMode):
 
 @torch.no_grad()
 def attention_share(pipe, batch: int, frames: int) -> dict:
-    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and in bf16: total seconds, seconds inside
-    attention (SDPA) and the attention's GFLOP/s, showing what limits the passes."""
+    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and as a bf16 weight copy: total seconds,
+    seconds inside attention (SDPA) and the attention's GFLOP/s, showing what limits the passes."""
     device = pipe.device
     mask = pipe.mask
     tp, c = frames // pipe.tokenizer.downsample, mask.cfg.num_columns
@@ -531,17 +547,18 @@ def attention_share(pipe, batch: int, frames: int) -> dict:
     t = torch.randn(batch, mask.cfg.text_dim, generator=g).to(device)
     r = F.normalize(torch.randn(batch, 1, mask.cfg.retrieval_dim, generator=g), dim=-1).to(device)
     tokens = torch.full((batch, tp, c), -2, dtype=torch.long, device=device)
+    from models.low_precision import Bf16Copy
+
     out = {}
-    for name, enabled in (("fp32", False), ("bf16", True)):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
-            mask.guided_logits(tokens, t, r, r)
-            timer = _AttentionTimer(device)
-            sync(device)
-            start = time.perf_counter()
-            with timer:
-                mask.guided_logits(tokens, t, r, r)
-            sync(device)
-            total = time.perf_counter() - start
+    for name, model in (("fp32", mask), ("bf16", Bf16Copy(mask).get())):
+        model.guided_logits(tokens, t, r, r)
+        timer = _AttentionTimer(device)
+        sync(device)
+        start = time.perf_counter()
+        with timer:
+            model.guided_logits(tokens, t, r, r)
+        sync(device)
+        total = time.perf_counter() - start
         out[name] = {"pass_s": total, "attention_s": timer.seconds, "attention_share": timer.seconds / total,
                      "attention_gflops": timer.flops / max(timer.seconds, 1e-9) / 1e9}
     return out
@@ -613,17 +630,13 @@ def bench(args) -> dict:
         log(f"[generate bench] matmul 2048²: {results['matmul_samples'][-1]}")
 
     measure_matmul()
-    paths = ["naive", "fast_fp32", "fast_bf16"]
-    if args.compile:
-        paths.append("fast_bf16_compile")
+    paths = ["naive", "fast_fp32", "fast_bf16"] + ([] if args.no_autocast_path else ["fast_bf16_autocast"])
     compiled = None
     if args.compile:
-        import copy
-
-        compiled = dict(components, mask=copy.deepcopy(components["mask"]),
-                        residual=copy.deepcopy(components["residual"]))
+        paths.append("fast_bf16_compile")
+        compiled = make_pipeline(components, precision="bf16", pad_to=49)
         mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
-        compile_for_cuda(make_pipeline(compiled), mode)
+        compile_transformers(compiled, mode)
         results["compile_mode"] = mode
     results["runs"] = {}
     flops_b1 = None
@@ -730,7 +743,8 @@ def scaling(components: dict, args, device, log, results_runs: dict | None = Non
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 PATH_NAMES = {"naive": "naive (2-pass CFG, text per stage, fp32)", "fast_fp32": "fast fp32",
-              "fast_bf16": "fast bf16", "fast_bf16_compile": "fast bf16 + compile"}
+              "fast_bf16": "fast bf16 (bf16 weights)", "fast_bf16_autocast": "fast bf16 autocast (fp32 weights)",
+              "fast_bf16_compile": "fast bf16 + compile"}
 
 
 def _ms(entry: dict) -> str:
@@ -844,6 +858,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--db-rows", type=int, default=72000, help="simulated database rows (default 72000)")
     ap.add_argument("--naive-max-batch", type=int, default=32, help="largest batch that also times the naive path")
+    ap.add_argument("--no-autocast-path", action="store_true",
+                    help="skip the bf16-autocast path (timed by default beside the bf16-weights path)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the transformer blocks "
                     "(static shapes: pad_to 49; compiled once per batch size, outside the timed calls)")
     ap.add_argument("--compile-mode", default=None,
