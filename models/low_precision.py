@@ -17,6 +17,7 @@ an optimizer step): its key is the identity, in-place version counter, dtype and
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,15 +30,18 @@ def _state_key(module: nn.Module) -> tuple:
 
 
 class Bf16Copy:
-    """A cached bfloat16 copy of `source` in eval mode, rebuilt when the source's tensors change."""
+    """A cached bfloat16 copy of `source` in eval mode, rebuilt when the source's tensors change; `prepare(copy)`
+    (optional) adjusts each new copy (the pipeline picks its attention kernel)."""
 
-    def __init__(self, source: nn.Module, dtype: torch.dtype = torch.bfloat16):
-        self.source, self.dtype = source, dtype
+    def __init__(self, source: nn.Module, dtype: torch.dtype = torch.bfloat16,
+                 prepare: Callable[[nn.Module], nn.Module] | None = None):
+        self.source, self.dtype, self.prepare = source, dtype, prepare
         self._key: tuple | None = None
         self._copy: nn.Module | None = None
 
     def get(self) -> nn.Module:
         key = _state_key(self.source)
         if self._copy is None or key != self._key:
-            self._copy, self._key = copy.deepcopy(self.source).to(self.dtype).eval(), key
+            clone = copy.deepcopy(self.source).to(self.dtype).eval()
+            self._copy, self._key = (self.prepare(clone) if self.prepare else clone), key
         return self._copy

@@ -23,7 +23,8 @@ Speed (utils/benchmarks/generate.py, BENCHMARKS.md "Generation (issue #16)"). fp
 stages named in `bf16_stages` run in bfloat16 (CPU with AMX / avx512_bf16, or CUDA) with
 - `precision="bf16"`: the two transformers as bfloat16 copies of their weights (`models.low_precision.Bf16Copy`,
   rebuilt when the fp32 weights change; logits and sampling stay in fp32), text, retrieval and decoding under
-  bfloat16 autocast; the fastest;
+  bfloat16 autocast; the fastest. The copies' attention runs `attention_kernel` ("auto": two batched matmuls and
+  a softmax on a CPU, `models.attention.matmul_attention`; SDPA on CUDA; or "sdpa" / "matmul");
 - `precision="bf16-autocast"`: every stage under bfloat16 autocast (fp32 weights, bf16 matmuls).
 bf16 changes the sampled tokens of a seed (near-tied logits flip), within the tolerance the benchmark measures and
 states. `pad_to` pads the token map to a fixed number of steps (static shapes for torch.compile / CUDA graphs);
@@ -41,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets.registry import dataset_facts
+from models.attention import KERNELS, use_attention_kernel
 from models.low_precision import Bf16Copy
 from models.text_encoders import check_texts, warn_if_truncated
 
@@ -123,16 +125,22 @@ class ReMoMaskPipeline:
 
     def __init__(self, tokenizer, text_encoder: nn.Module, mask: nn.Module, residual: nn.Module,
                  retrieval: Retrieval | None = None, length_estimator: nn.Module | None = None,
-                 precision: str = "fp32", bf16_stages: Sequence[str] = STAGES, pad_to: int | None = None):
+                 precision: str = "fp32", bf16_stages: Sequence[str] = STAGES, pad_to: int | None = None,
+                 attention_kernel: str = "auto"):
         if precision not in PRECISIONS:
             raise PipelineError(f"{_MOD}: argument 'precision' must be one of {PRECISIONS}, got {precision!r}")
+        if attention_kernel not in ("auto", *KERNELS):
+            raise PipelineError(f"{_MOD}: argument 'attention_kernel' must be 'auto' or one of {KERNELS}, got "
+                                f"{attention_kernel!r}")
+        self.attention_kernel = attention_kernel
         unknown = [s for s in bf16_stages if s not in STAGES]
         if unknown:
             raise PipelineError(f"{_MOD}: argument 'bf16_stages' must name stages of {STAGES}, got {unknown}")
         self.precision, self.bf16_stages, self.pad_to = precision, tuple(bf16_stages), pad_to
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
         self.mask, self.residual = mask.eval(), residual.eval()
-        self._bf16_copies = {"mask": Bf16Copy(self.mask), "residual": Bf16Copy(self.residual)}
+        self._bf16_copies = {s: Bf16Copy(m, prepare=self.prepare_bf16_copy)
+                             for s, m in (("mask", self.mask), ("residual", self.residual))}
         self.retrieval, self.length_estimator = retrieval, length_estimator
         if length_estimator is not None:
             length_estimator.eval()
@@ -197,6 +205,14 @@ class ReMoMaskPipeline:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def prepare_bf16_copy(self, module: nn.Module) -> nn.Module:
+        """A new bf16 copy's attention kernel: "auto" = "matmul" on a CPU (about 2× SDPA's bf16 flash kernel at
+        batch 32 there), SDPA on CUDA (fused kernels)."""
+        kernel = self.attention_kernel
+        if kernel == "auto":
+            kernel = "matmul" if self.device.type == "cpu" else "sdpa"
+        return use_attention_kernel(module, kernel)
+
     def stage_module(self, stage: str) -> nn.Module:
         """The transformer that runs stage "mask" or "residual": its bfloat16 copy under `precision="bf16"`, else the
         module itself."""
@@ -204,7 +220,7 @@ class ReMoMaskPipeline:
         if self.precision == "bf16" and stage in self.bf16_stages:
             copy = self._bf16_copies[stage]
             if copy.source is not module:                   # the component was swapped after construction
-                copy = self._bf16_copies[stage] = Bf16Copy(module.eval())
+                copy = self._bf16_copies[stage] = Bf16Copy(module.eval(), prepare=self.prepare_bf16_copy)
             return copy.get()
         return module
 

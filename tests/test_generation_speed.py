@@ -189,3 +189,44 @@ def test_bf16_weights_keep_the_per_item_seeds(components):
     both = pipe(PROMPTS[:2], lengths=[120, 120], steps=3, seed=3)
     alone = pipe(PROMPTS[1:2], lengths=[120], steps=3, seed=4)
     assert torch.equal(both.tokens[1:], alone.tokens)
+
+
+def test_matmul_attention_equals_sdpa_with_masks_and_chunks():
+    import torch.nn.functional as F
+
+    from models.attention import matmul_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, n, 8, generator=g) for n in (6, 9, 9))
+    keep = torch.ones(5, 9, dtype=torch.bool)
+    keep[1, 6:] = False                                      # dropped condition keys
+    keep[3, :2] = False                                      # padded keys
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    for chunk_bytes in (1, 2 * 6 * 9 * 4 * 2, 1 << 30):       # one item per chunk, two, all at once
+        torch.testing.assert_close(matmul_attention(q, k, v, keep, chunk_bytes), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(matmul_attention(q, k, v, None), F.scaled_dot_product_attention(q, k, v),
+                               atol=1e-5, rtol=1e-5)
+    # a masked key gets exactly zero weight: changing its value does not move the output
+    v2 = v.clone()
+    v2[1, :, 7] += 100.0
+    torch.testing.assert_close(matmul_attention(q, k, v2, keep), matmul_attention(q, k, v, keep))
+    low = matmul_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), keep).float()
+    assert float((low - ref).norm() / ref.norm()) < 0.02
+
+
+def test_attention_kernel_choice(components):
+    from models.attention import use_attention_kernel
+    from models.pipeline import PipelineError
+
+    pipe = bench.make_pipeline(components, precision="bf16")
+    kernels = {m.kernel for m in pipe.stage_module("mask").modules() if hasattr(m, "kernel")}
+    assert kernels == {"matmul"}                             # "auto" on a CPU
+    assert {m.kernel for m in components["mask"].modules() if hasattr(m, "kernel")} == {"sdpa"}   # source untouched
+    sdpa = bench.make_pipeline(components, precision="bf16", attention_kernel="sdpa")
+    assert {m.kernel for m in sdpa.stage_module("residual").modules() if hasattr(m, "kernel")} == {"sdpa"}
+    a, b = _call(pipe), _call(sdpa)
+    assert float((a.tokens == b.tokens)[a.tokens >= 0].float().mean()) > 0.8
+    with pytest.raises(PipelineError, match="attention_kernel"):
+        bench.make_pipeline(components, attention_kernel="flash")
+    with pytest.raises(ValueError, match="kernel"):
+        use_attention_kernel(components["mask"], "flash")

@@ -407,7 +407,8 @@ def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, 
         b, tp, c = len(prompts), frames // pipe.tokenizer.downsample, pipe.mask.cfg.num_columns
         tokens = torch.full((b, tp, c), -2, dtype=torch.long, device=device)
         rt, rm = r32.r_t.to(device), r32.r_m.to(device)
-        mask16, residual16 = Bf16Copy(pipe.mask).get(), Bf16Copy(pipe.residual).get()
+        mask16 = Bf16Copy(pipe.mask, prepare=pipe.prepare_bf16_copy).get()      # as precision "bf16" runs them
+        residual16 = Bf16Copy(pipe.residual, prepare=pipe.prepare_bf16_copy).get()
         l32 = pipe.mask.guided_logits(tokens, t32, rt, rm)
         with torch.autocast(dev, dtype=torch.bfloat16):
             l16_autocast = pipe.mask.guided_logits(tokens, t32, rt, rm)
@@ -516,30 +517,43 @@ def run_paths(components: dict, paths: list[str], batch: int, frames: int, steps
     return result
 
 
-class _AttentionTimer(torch.overrides.TorchFunctionMode):
-    """Wall time and FLOPs spent inside F.scaled_dot_product_attention."""
+@contextlib.contextmanager
+def attention_timer(device, stats: dict):
+    """Accumulate wall time ("seconds") and FLOPs ("flops") spent in attention kernels inside the block: SDPA and
+    `models.attention.matmul_attention` (both patched for the block's duration)."""
+    from models import attention as attention_module
 
-    def __init__(self, device):
-        super().__init__()
-        self.device, self.seconds, self.flops = device, 0.0, 0
+    stats.setdefault("seconds", 0.0)
+    stats.setdefault("flops", 0)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **(kwargs or {}))
-        sync(self.device)
-        start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        sync(self.device)
-        self.seconds += time.perf_counter() - start
-        q, k = args[0], args[1]
-        self.flops += 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
-        return out
+    def timed(fn):
+        def wrapper(q, k, *rest, **kw):
+            sync(device)
+            start = time.perf_counter()
+            out = fn(q, k, *rest, **kw)
+            sync(device)
+            stats["seconds"] += time.perf_counter() - start
+            stats["flops"] += 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
+            return out
+        return wrapper
+
+    sdpa, matmul = F.scaled_dot_product_attention, attention_module.matmul_attention
+    F.scaled_dot_product_attention = timed(sdpa)
+    attention_module.matmul_attention = timed(matmul)
+    try:
+        yield stats
+    finally:
+        F.scaled_dot_product_attention, attention_module.matmul_attention = sdpa, matmul
 
 
 @torch.no_grad()
 def attention_share(pipe, batch: int, frames: int) -> dict:
-    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and as a bf16 weight copy: total seconds,
-    seconds inside attention (SDPA) and the attention's GFLOP/s, showing what limits the passes."""
+    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and as a bf16 weight copy with each
+    attention kernel (SDPA, and the two matmuls + softmax of `matmul_attention`), side by side: total seconds,
+    seconds inside attention and the attention's GFLOP/s, showing what limits the passes."""
+    from models.attention import use_attention_kernel
+    from models.low_precision import Bf16Copy
+
     device = pipe.device
     mask = pipe.mask
     tp, c = frames // pipe.tokenizer.downsample, mask.cfg.num_columns
@@ -547,20 +561,21 @@ def attention_share(pipe, batch: int, frames: int) -> dict:
     t = torch.randn(batch, mask.cfg.text_dim, generator=g).to(device)
     r = F.normalize(torch.randn(batch, 1, mask.cfg.retrieval_dim, generator=g), dim=-1).to(device)
     tokens = torch.full((batch, tp, c), -2, dtype=torch.long, device=device)
-    from models.low_precision import Bf16Copy
-
+    bf16 = Bf16Copy(mask).get()
     out = {}
-    for name, model in (("fp32", mask), ("bf16", Bf16Copy(mask).get())):
+    for name, model, kernel in (("fp32", mask, "sdpa"), ("bf16 sdpa", bf16, "sdpa"), ("bf16 matmul", bf16, "matmul")):
+        use_attention_kernel(model, kernel)
         model.guided_logits(tokens, t, r, r)
-        timer = _AttentionTimer(device)
+        stats: dict = {}
         sync(device)
         start = time.perf_counter()
-        with timer:
+        with attention_timer(device, stats):
             model.guided_logits(tokens, t, r, r)
         sync(device)
         total = time.perf_counter() - start
-        out[name] = {"pass_s": total, "attention_s": timer.seconds, "attention_share": timer.seconds / total,
-                     "attention_gflops": timer.flops / max(timer.seconds, 1e-9) / 1e9}
+        out[name] = {"pass_s": total, "attention_s": stats["seconds"], "attention_share": stats["seconds"] / total,
+                     "attention_gflops": stats["flops"] / max(stats["seconds"], 1e-9) / 1e9}
+    use_attention_kernel(mask, "sdpa")
     return out
 
 
@@ -802,7 +817,7 @@ def render(results: dict) -> str:
         at = entry.get("attention")
         if at:
             lines.append("\none guided mask-transformer pass (all-[MASK] map): " + "; ".join(
-                f"{k} {v['pass_s']:.3f} s, of it attention (SDPA) {v['attention_share']:.0%} at "
+                f"{k} {v['pass_s']:.3f} s, of it attention {v['attention_share']:.0%} at "
                 f"{v['attention_gflops']:.0f} GFLOP/s" for k, v in at.items()))
         if "compile_token_agreement_vs_bf16" in entry:
             lines.append(f"\ncompiled bf16 tokens agreeing with eager bf16 (same seeds): "
