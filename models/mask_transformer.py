@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_generation_args, check_token_map, cosine_schedule,
-                             guidance_combine, masked_counts, register_column_vocabulary, sample, top_k_filter,
-                             topk_keep)
+                             guidance_combine, map_row_chunks, masked_counts, register_column_vocabulary, sample,
+                             top_k_filter, topk_keep)
 
 _MOD = "models/mask_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code / padding
@@ -372,23 +372,29 @@ class MaskTransformer(nn.Module):
         return self._network(self._embed(tokens, pad), pad, cond, cond_keep, r_t, r_m, retrieval_keep)
 
     def guided_logits(self, tokens: Tensor, t: Tensor, r_t: Tensor | None = None, r_m: Tensor | None = None,
-                      pad_mask: Tensor | None = None, guidance_scale: float | None = None) -> Tensor:
+                      pad_mask: Tensor | None = None, guidance_scale: float | None = None,
+                      pass_rows: int | None = None) -> Tensor:
         """RAG-CFG (paper Eqs. 17-18 in the code's convention): uncond + s·(cond − uncond), s = guidance_scale
         (default cfg.guidance_scale = 4; paper s_p = s − 1). cond and uncond run as one doubled batch; the
         unconditional half drops t, R_t and R_m ("no_rag_cfg": t only). s = 1 runs the conditional half only.
-        Shapes as `logits`."""
+        `pass_rows`: run the network on at most this many rows of the doubled batch at a time (same result; None =
+        all at once). Shapes as `logits`."""
         s = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         check_generation_args(1, s, 1.0, 1.0)
         b = tokens.shape[0] if torch.is_tensor(tokens) else 0
+        def network(tokens_, t_, r_t_, r_m_, pad_, drop_):
+            return self.logits(tokens_, t_, r_t_, r_m_, pad_, drop_condition=drop_)
+
         if s == 1:
-            return self.logits(tokens, t, r_t, r_m, pad_mask, drop_condition=False)
+            return map_row_chunks(network, [tokens, t, r_t, r_m, pad_mask,
+                                            torch.zeros(b, dtype=torch.bool, device=tokens.device)], pass_rows)
 
         def twice(x):
             return None if x is None else torch.cat([x, x], dim=0)
 
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
-        both = self.logits(twice(tokens), twice(t), twice(r_t), twice(r_m), twice(pad_mask),
-                           drop_condition=drop.to(tokens.device))
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(tokens.device)
+        both = map_row_chunks(network, [twice(tokens), twice(t), twice(r_t), twice(r_m), twice(pad_mask), drop],
+                              pass_rows)
         cond, uncond = both[:b], both[b:]
         return guidance_combine(cond, uncond, s)
 
@@ -442,7 +448,7 @@ class MaskTransformer(nn.Module):
     def generate(self, t: Tensor, r_t: Tensor | None, r_m: Tensor | None, lengths: Tensor, steps: int | None = None,
                  guidance_scale: float | None = None, topk_ratio: float | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, pad_to: int | None = None) -> Tensor:
+                 sampler: str | None = None, pad_to: int | None = None, pass_rows: int | None = None) -> Tensor:
         """Fill an all-[MASK] token map in `steps` iterations (module docstring). Defaults come from the config
         (steps 10, guidance_scale 4, topk_ratio 0.9, temperature 1, categorical sampling).
 
@@ -454,6 +460,7 @@ class MaskTransformer(nn.Module):
             pad_to:      run the network on a map padded to at least this many steps (a static shape for
                          torch.compile / CUDA graphs: length buckets); padded steps are masked keys, so with per-item
                          generators the tokens are those of the unpadded call. None = max(lengths)
+            pass_rows:   network rows per pass of the doubled guidance batch (`guided_logits`; same tokens)
         Call `eval()` first (dropout is active in training mode).
         Returns:
             (B, max(lengths), C) long: codes inside the lengths (column-local), −1 outside
@@ -482,7 +489,7 @@ class MaskTransformer(nn.Module):
         for i in range(steps):
             is_mask = (_rank(scores) < counts[i][:, None]) & valid_flat
             tokens = torch.where(is_mask, MASK_TOKEN, tokens)
-            guided = self.guided_logits(tokens.reshape(b, tp, c), t, r_t, r_m, ~valid, s)      # (B, T', C, K)
+            guided = self.guided_logits(tokens.reshape(b, tp, c), t, r_t, r_m, ~valid, s, pass_rows)  # (B,T',C,K)
             filtered = top_k_filter(apply_temperature(guided, temperature), keep_k[None, None, :])
             drawn = sample(filtered, sampler, generator).reshape(b, tp * c)
             confidence = torch.softmax(guided, dim=-1).reshape(b, tp * c, -1)

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_guidance_scale, check_token_map, check_temperature, check_topk_ratio,
-                             guidance_combine, register_column_vocabulary, sample, top_k_filter, topk_keep)
+                             guidance_combine, map_row_chunks, register_column_vocabulary, sample, top_k_filter,
+                             topk_keep)
 
 _MOD = "models/residual_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code (padding or a skipped level)
@@ -309,18 +310,25 @@ class ResidualTransformer(nn.Module):
         return full.gather(-1, index).masked_fill(~self.column_valid, float("-inf"))
 
     def guided_logits(self, tokens: Tensor, layer: Tensor | int, t: Tensor, pad_mask: Tensor | None = None,
-                      guidance_scale: float | None = None) -> Tensor:
+                      guidance_scale: float | None = None, pass_rows: int | None = None) -> Tensor:
         """Classifier-free guidance uncond + s·(cond − uncond) (s default cfg.guidance_scale = 5); the unconditional
-        half drops the text. One doubled batch; s = 1 runs the conditional half only. Shapes as `logits`."""
+        half drops the text. One doubled batch; s = 1 runs the conditional half only. `pass_rows`: at most this
+        many rows per network pass (same result; None = all at once). Shapes as `logits`."""
         s = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         check_guidance_scale(s)
-        if s == 1:
-            return self.logits(tokens, layer, t, pad_mask, drop_condition=False)
         b = tokens.shape[0]
         layer = self._layer_tensor(layer, b, tokens.device)
+
+        def network(tokens_, layer_, t_, pad_, drop_):
+            return self.logits(tokens_, layer_, t_, pad_, drop_condition=drop_)
+
+        if s == 1:
+            return map_row_chunks(network, [tokens, layer, t, pad_mask,
+                                            torch.zeros(b, dtype=torch.bool, device=tokens.device)], pass_rows)
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(tokens.device)
-        both = self.logits(torch.cat([tokens, tokens]), torch.cat([layer, layer]), torch.cat([t, t]),
-                           None if pad_mask is None else torch.cat([pad_mask, pad_mask]), drop_condition=drop)
+        both = map_row_chunks(network, [torch.cat([tokens, tokens]), torch.cat([layer, layer]), torch.cat([t, t]),
+                                        None if pad_mask is None else torch.cat([pad_mask, pad_mask]), drop],
+                              pass_rows)
         return guidance_combine(both[:b], both[b:], s)
 
     # -- training -------------------------------------------------------------------------------------------
@@ -373,7 +381,8 @@ class ResidualTransformer(nn.Module):
     @torch.no_grad()
     def generate(self, base_tokens: Tensor, t: Tensor, lengths: Tensor, guidance_scale: float | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
-                 topk_ratio: float | None = None, sampler: str | None = None, pad_to: int | None = None) -> Tensor:
+                 topk_ratio: float | None = None, sampler: str | None = None, pad_to: int | None = None,
+                 pass_rows: int | None = None) -> Tensor:
         """Predict layers 1..Q−1 in order on top of a base layer (defaults from the config: guidance_scale 5,
         temperature 1, topk_ratio 0.9, Gumbel sampling).
 
@@ -385,6 +394,7 @@ class ResidualTransformer(nn.Module):
             generator:   the only source of randomness (None = torch default), on the model's device
             pad_to:      run the network on a map padded (−1) to at least this many steps (a static shape for
                          torch.compile / CUDA graphs); with per-item generators the tokens equal the unpadded call's
+            pass_rows:   network rows per pass of the doubled guidance batch (`guided_logits`; same tokens)
         Call `eval()` first (dropout is active in training mode).
         Returns:
             (B, T', C, Q) long: layer 0 = the base codes and layers 1..Q−1 the predicted codes inside the lengths,
@@ -432,7 +442,7 @@ class ResidualTransformer(nn.Module):
         keep_k = topk_keep(self.codebook_sizes, topk_ratio).to(device)                # (C,)
         t = t.to(device)
         for level in range(1, q):
-            guided = self.guided_logits(tokens, level, t, ~valid, s)                  # (B, T', C, K_max)
+            guided = self.guided_logits(tokens, level, t, ~valid, s, pass_rows)       # (B, T', C, K_max)
             filtered = top_k_filter(apply_temperature(guided, temperature), keep_k[None, None, :])
             drawn = sample(filtered, sampler, generator)                              # (B, T', C)
             tokens[..., level] = torch.where(inside, drawn, torch.full_like(drawn, PAD_TOKEN))

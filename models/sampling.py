@@ -9,6 +9,7 @@
     sample_categorical(logits, generator)      one draw per row from softmax(logits)
     sample_gumbel(logits, generator)           argmax(logits + Gumbel noise): the same distribution, one pass
     guidance_combine(cond, uncond, scale)      uncond + s·(cond − uncond)
+    map_row_chunks(fn, tensors, rows)          fn over slices of ≤ rows batch rows, concatenated (network passes)
     check_generation_args(...)                 one-line ValueErrors for steps / guidance_scale / topk_ratio / τ
 
 Schedule (MaskGIT, MoMask; `reference.md` §6.1). Training draws u ~ U(0, 1) per sample and masks a fraction
@@ -214,6 +215,18 @@ def guidance_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     finite = torch.isfinite(cond) & torch.isfinite(uncond)
     out = uncond + scale * (cond - uncond)
     return torch.where(finite, out, torch.full_like(out, float("-inf")))
+
+
+def map_row_chunks(fn, tensors: Sequence[Tensor | None], rows: int | None) -> Tensor:
+    """fn(*tensors) computed on slices of at most `rows` rows (dim 0; None entries pass through) and concatenated
+    along dim 0; rows None (or ≥ the batch) = one call. Rows are independent in the transformers' passes, so the
+    result is the one-call result; smaller slices keep a pass's activations in the CPU caches (BENCHMARKS.md)."""
+    n = next(t.shape[0] for t in tensors if t is not None)
+    if rows is None or rows >= n:
+        return fn(*tensors)
+    if rows < 1:
+        raise ValueError(f"{_MOD}: argument 'pass_rows' must be ≥ 1 or None, got {rows!r}")
+    return torch.cat([fn(*(None if x is None else x[s:s + rows] for x in tensors)) for s in range(0, n, rows)])
 
 
 def register_column_vocabulary(module: torch.nn.Module, num_groups: int, codebook_sizes,

@@ -230,3 +230,37 @@ def test_attention_kernel_choice(components):
         bench.make_pipeline(components, attention_kernel="flash")
     with pytest.raises(ValueError, match="kernel"):
         use_attention_kernel(components["mask"], "flash")
+
+
+def test_pass_rows_keep_the_logits_and_the_tokens(components):
+    from models.sampling import map_row_chunks
+
+    mask, residual = components["mask"].eval(), components["residual"].eval()
+    g = torch.Generator().manual_seed(1)
+    b, tp, c = 5, 4, mask.cfg.num_columns
+    t = torch.randn(b, mask.cfg.text_dim, generator=g)
+    r = torch.randn(b, 1, mask.cfg.retrieval_dim, generator=g)
+    tokens = torch.full((b, tp, c), -2)
+    with torch.no_grad():
+        whole = mask.guided_logits(tokens, t, r, r)
+        for rows in (1, 3, 10):
+            torch.testing.assert_close(mask.guided_logits(tokens, t, r, r, pass_rows=rows), whole,
+                                       atol=1e-5, rtol=1e-5)
+        full = torch.randint(0, 16, (b, tp, c, residual.cfg.num_quantizers), generator=g)
+        torch.testing.assert_close(residual.guided_logits(full, 2, t, pass_rows=3), residual.guided_logits(full, 2, t),
+                                   atol=1e-5, rtol=1e-5)
+    calls = []
+    out = map_row_chunks(lambda x, y: calls.append(len(x)) or x + (0 if y is None else y),
+                         [torch.arange(7), None], 3)
+    assert calls == [3, 3, 1] and torch.equal(out, torch.arange(7))
+    one = bench.make_pipeline(components, pass_rows=None)
+    sliced = bench.make_pipeline(components, pass_rows=1)
+    assert bench.make_pipeline(components).rows_per_pass() == 8          # "auto" on a CPU
+    assert torch.equal(_call(one).tokens, _call(sliced).tokens)
+
+
+def test_bad_pass_rows_is_a_one_line_error(components):
+    from models.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="pass_rows"):
+        bench.make_pipeline(components, pass_rows=0)

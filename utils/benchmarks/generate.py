@@ -170,7 +170,7 @@ def two_pass_mask_guidance(model) -> Callable:
     """MaskTransformer.guided_logits with cond and uncond as two separate passes (the naive path)."""
     from models.sampling import guidance_combine
 
-    def guided_logits(tokens, t, r_t=None, r_m=None, pad_mask=None, guidance_scale=None):
+    def guided_logits(tokens, t, r_t=None, r_m=None, pad_mask=None, guidance_scale=None, pass_rows=None):
         s = model.cfg.guidance_scale if guidance_scale is None else guidance_scale
         cond = model.logits(tokens, t, r_t, r_m, pad_mask, drop_condition=False)
         if s == 1:
@@ -185,7 +185,7 @@ def two_pass_residual_guidance(model) -> Callable:
     """ResidualTransformer.guided_logits with cond and uncond as two separate passes (the naive path)."""
     from models.sampling import guidance_combine
 
-    def guided_logits(tokens, layer, t, pad_mask=None, guidance_scale=None):
+    def guided_logits(tokens, layer, t, pad_mask=None, guidance_scale=None, pass_rows=None):
         s = model.cfg.guidance_scale if guidance_scale is None else guidance_scale
         cond = model.logits(tokens, layer, t, pad_mask, drop_condition=False)
         if s == 1:
