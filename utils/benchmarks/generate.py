@@ -549,10 +549,12 @@ def attention_timer(device, stats: dict):
 @torch.no_grad()
 def attention_share(pipe, batch: int, frames: int) -> dict:
     """One guided pass of the mask transformer (all-[MASK] map) in fp32 and as a bf16 weight copy with each
-    attention kernel (SDPA, and the two matmuls + softmax of `matmul_attention`), side by side: total seconds,
-    seconds inside attention and the attention's GFLOP/s, showing what limits the passes."""
+    attention kernel (SDPA, and the two matmuls + softmax of `matmul_attention`), over the whole doubled batch and
+    (when it has more rows) in the pipeline's CPU row slices, side by side: total seconds, seconds inside attention
+    and the attention's GFLOP/s, showing what limits the passes."""
     from models.attention import use_attention_kernel
     from models.low_precision import Bf16Copy
+    from models.pipeline import CPU_PASS_ROWS
 
     device = pipe.device
     mask = pipe.mask
@@ -563,14 +565,19 @@ def attention_share(pipe, batch: int, frames: int) -> dict:
     tokens = torch.full((batch, tp, c), -2, dtype=torch.long, device=device)
     bf16 = Bf16Copy(mask).get()
     out = {}
-    for name, model, kernel in (("fp32", mask, "sdpa"), ("bf16 sdpa", bf16, "sdpa"), ("bf16 matmul", bf16, "matmul")):
+    rows = CPU_PASS_ROWS if 2 * batch > CPU_PASS_ROWS else None
+    variants = [("fp32", mask, "sdpa", None), ("bf16 sdpa", bf16, "sdpa", None), ("bf16 matmul", bf16, "matmul", None)]
+    if rows:
+        variants[1:1] = [(f"fp32 in {rows}-row slices", mask, "sdpa", rows)]
+        variants.append((f"bf16 matmul in {rows}-row slices", bf16, "matmul", rows))
+    for name, model, kernel, pass_rows in variants:
         use_attention_kernel(model, kernel)
-        model.guided_logits(tokens, t, r, r)
+        model.guided_logits(tokens, t, r, r, pass_rows=pass_rows)
         stats: dict = {}
         sync(device)
         start = time.perf_counter()
         with attention_timer(device, stats):
-            model.guided_logits(tokens, t, r, r)
+            model.guided_logits(tokens, t, r, r, pass_rows=pass_rows)
         sync(device)
         total = time.perf_counter() - start
         out[name] = {"pass_s": total, "attention_s": stats["seconds"], "attention_share": stats["seconds"] / total,
