@@ -49,8 +49,8 @@ from models.text_encoders import check_texts, warn_if_truncated
 
 _MOD = "models/pipeline.py"
 PRECISIONS = ("fp32", "bf16", "bf16-autocast")
-WEIGHT_STAGES = ("mask", "residual")
-CPU_PASS_ROWS = 8                              # pass_rows "auto" on a CPU (rows_per_pass)         # precision "bf16": held as bf16 weight copies
+WEIGHT_STAGES = ("mask", "residual")          # precision "bf16": held as bf16 weight copies
+CPU_PASS_ROWS = 8                              # pass_rows "auto" on a CPU (rows_per_pass)
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
 
 
