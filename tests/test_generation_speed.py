@@ -38,13 +38,18 @@ def test_naive_path_gives_the_fast_fp32_tokens(components):
     assert "guided_logits" not in fast.mask.__dict__ and "generate" not in fast.residual.__dict__
 
 
-def test_two_pass_guidance_equals_the_doubled_batch(components):
+def _pass_inputs(components, b: int, tp: int, seed: int):
+    """(mask, residual, t, r, all-[MASK] tokens, generator) for one guided pass of the tiny transformers."""
     mask, residual = components["mask"].eval(), components["residual"].eval()
-    g = torch.Generator().manual_seed(0)
-    b, tp, c = 2, 5, mask.cfg.num_columns
+    g = torch.Generator().manual_seed(seed)
     t = torch.randn(b, mask.cfg.text_dim, generator=g)
     r = torch.randn(b, 1, mask.cfg.retrieval_dim, generator=g)
-    tokens = torch.full((b, tp, c), -2)
+    return mask, residual, t, r, torch.full((b, tp, mask.cfg.num_columns), -2), g
+
+
+def test_two_pass_guidance_equals_the_doubled_batch(components):
+    mask, residual, t, r, tokens, g = _pass_inputs(components, b=2, tp=5, seed=0)
+    b, tp, c = 2, 5, mask.cfg.num_columns
     with torch.no_grad():
         torch.testing.assert_close(bench.two_pass_mask_guidance(mask)(tokens, t, r, r),
                                    mask.guided_logits(tokens, t, r, r), atol=1e-5, rtol=1e-5)
@@ -235,12 +240,8 @@ def test_attention_kernel_choice(components):
 def test_pass_rows_keep_the_logits_and_the_tokens(components):
     from models.sampling import map_row_chunks
 
-    mask, residual = components["mask"].eval(), components["residual"].eval()
-    g = torch.Generator().manual_seed(1)
+    mask, residual, t, r, tokens, g = _pass_inputs(components, b=5, tp=4, seed=1)
     b, tp, c = 5, 4, mask.cfg.num_columns
-    t = torch.randn(b, mask.cfg.text_dim, generator=g)
-    r = torch.randn(b, 1, mask.cfg.retrieval_dim, generator=g)
-    tokens = torch.full((b, tp, c), -2)
     with torch.no_grad():
         whole = mask.guided_logits(tokens, t, r, r)
         for rows in (1, 3, 10):
