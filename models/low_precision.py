@@ -12,7 +12,9 @@ other CPU changes: 1.07× at batch 1 and 1.20–1.58× at batch 32 over autocast
 modified: the caller keeps its fp32 weights for training, checkpoints and exact fp32 inference.
 
 The copy is rebuilt when any parameter or buffer of the source is replaced or modified in place (load_state_dict,
-an optimizer step): its key is the identity, in-place version counter, dtype and device of every tensor.
+an optimizer step): its key is the identity, in-place version counter, dtype and device of every tensor. A write
+that bypasses version counting (`param.data = ...`, `param.data.copy_(...)`) is not seen: build a new `Bf16Copy`
+(or a new pipeline) after one.
 """
 from __future__ import annotations
 
