@@ -157,7 +157,8 @@ class RetrievalDatabase:
                                  f"distinct motions" + (" (one is excluded per query)" if exclude_ids else ""))
         device = self.motion_feats.device
         q = F.normalize(text_emb.detach().to(device=device, dtype=self.motion_feats.dtype), dim=-1)
-        scores = q @ self.motion_feats.t()                                               # (B, N)
+        with torch.autocast(device.type, enabled=False):      # rank in the database's dtype: under bf16 autocast
+            scores = q @ self.motion_feats.t()                 # the (N, D) matrix would be cast on every call   (B, N)
         if exclude_ids is not None:
             rows = self._rows_canon if exclude_mirrors else self._rows_id
             q_idx, r_idx = [], []
