@@ -73,6 +73,18 @@ def test_topk_matches_brute_force_and_is_deduplicated(k):
         torch.testing.assert_close(res.r_t[b], db.text_feats[res.indices[b]])
 
 
+def test_query_under_bf16_autocast_ranks_in_float32():
+    """bf16 generation runs retrieval under autocast; the database still ranks in its own dtype (exact ranking, and
+    the (N, D) matrix is not cast on every call)."""
+    db = random_db(n_motions=40, dim=8)
+    q = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    plain = db.query(q, k=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = db.query(q, k=3)
+    assert auto.scores.dtype == torch.float32
+    assert torch.equal(auto.indices, plain.indices) and torch.equal(auto.scores, plain.scores)
+
+
 def test_features_are_normalised_once_at_build():
     db = random_db()
     torch.testing.assert_close(db.motion_feats.norm(dim=-1), torch.ones(len(db)))
