@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_generation_args, check_token_map, cosine_schedule,
-                             guidance_combine, map_row_chunks, masked_counts, register_column_vocabulary, sample,
-                             top_k_filter, topk_keep)
+                             guided_passes, masked_counts, register_column_vocabulary, sample, top_k_filter,
+                             topk_keep)
 
 _MOD = "models/mask_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code / padding
@@ -381,22 +381,12 @@ class MaskTransformer(nn.Module):
         all at once). Shapes as `logits`."""
         s = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         check_generation_args(1, s, 1.0, 1.0)
-        b = tokens.shape[0] if torch.is_tensor(tokens) else 0
+        self._check_tokens(tokens)
+
         def network(tokens_, t_, r_t_, r_m_, pad_, drop_):
             return self.logits(tokens_, t_, r_t_, r_m_, pad_, drop_condition=drop_)
 
-        if s == 1:
-            return map_row_chunks(network, [tokens, t, r_t, r_m, pad_mask,
-                                            torch.zeros(b, dtype=torch.bool, device=tokens.device)], pass_rows)
-
-        def twice(x):
-            return None if x is None else torch.cat([x, x], dim=0)
-
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(tokens.device)
-        both = map_row_chunks(network, [twice(tokens), twice(t), twice(r_t), twice(r_m), twice(pad_mask), drop],
-                              pass_rows)
-        cond, uncond = both[:b], both[b:]
-        return guidance_combine(cond, uncond, s)
+        return guided_passes(network, [tokens, t, r_t, r_m, pad_mask], s, pass_rows)
 
     # -- training -------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, t: Tensor, r_t: Tensor | None, r_m: Tensor | None, lengths_tokens: Tensor,

@@ -203,16 +203,20 @@ class ReMoMaskPipeline:
     def _in_bf16(self, stage: str) -> bool:
         return self.precision != "fp32" and stage in self.bf16_stages
 
+    def _bf16_weights(self, stage: str) -> bool:
+        """The stage runs as a bf16 weight copy (precision "bf16", a transformer stage among `bf16_stages`)."""
+        return self.precision == "bf16" and stage in WEIGHT_STAGES and stage in self.bf16_stages
+
     def autocast(self, stage: str):
         """The autocast context of one stage: bfloat16 when the stage runs in bf16 and is not held as bf16 weights
         (module docstring), else none."""
-        if self._in_bf16(stage) and not (self.precision == "bf16" and stage in WEIGHT_STAGES):
+        if self._in_bf16(stage) and not self._bf16_weights(stage):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare_bf16_copy(self, module: nn.Module) -> nn.Module:
-        """A new bf16 copy's attention kernel: "auto" = "matmul" on a CPU (about 2× SDPA's bf16 flash kernel at
-        batch 32 there), SDPA on CUDA (fused kernels)."""
+        """A new bf16 copy's attention kernel: "auto" = "matmul" on a CPU (1.7–1.9× the attention rate of SDPA's
+        bf16 flash kernel there, BENCHMARKS.md), SDPA on CUDA (fused kernels)."""
         kernel = self.attention_kernel
         if kernel == "auto":
             kernel = "matmul" if self.device.type == "cpu" else "sdpa"
@@ -230,7 +234,7 @@ class ReMoMaskPipeline:
         """The transformer that runs stage "mask" or "residual": its bfloat16 copy under `precision="bf16"`, else the
         module itself."""
         module = {"mask": self.mask, "residual": self.residual}[stage]
-        if self.precision == "bf16" and stage in self.bf16_stages:
+        if self._bf16_weights(stage):
             copy = self._bf16_copies[stage]
             if copy.source is not module:                   # the component was swapped after construction
                 copy = self._bf16_copies[stage] = Bf16Copy(module.eval(), prepare=self.prepare_bf16_copy)

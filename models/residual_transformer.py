@@ -47,8 +47,7 @@ from torch import Tensor, nn
 
 from models.attention import TransformerBlock, positional_encoding_2d
 from models.sampling import (apply_temperature, check_guidance_scale, check_token_map, check_temperature, check_topk_ratio,
-                             guidance_combine, map_row_chunks, register_column_vocabulary, sample, top_k_filter,
-                             topk_keep)
+                             guided_passes, register_column_vocabulary, sample, top_k_filter, topk_keep)
 
 _MOD = "models/residual_transformer.py"
 PAD_TOKEN = -1                      # models/rvq.py: index −1 = no code (padding or a skipped level)
@@ -316,20 +315,12 @@ class ResidualTransformer(nn.Module):
         many rows per network pass (same result; None = all at once). Shapes as `logits`."""
         s = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         check_guidance_scale(s)
-        b = tokens.shape[0]
-        layer = self._layer_tensor(layer, b, tokens.device)
+        layer = self._layer_tensor(layer, tokens.shape[0], tokens.device)
 
         def network(tokens_, layer_, t_, pad_, drop_):
             return self.logits(tokens_, layer_, t_, pad_, drop_condition=drop_)
 
-        if s == 1:
-            return map_row_chunks(network, [tokens, layer, t, pad_mask,
-                                            torch.zeros(b, dtype=torch.bool, device=tokens.device)], pass_rows)
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(tokens.device)
-        both = map_row_chunks(network, [torch.cat([tokens, tokens]), torch.cat([layer, layer]), torch.cat([t, t]),
-                                        None if pad_mask is None else torch.cat([pad_mask, pad_mask]), drop],
-                              pass_rows)
-        return guidance_combine(both[:b], both[b:], s)
+        return guided_passes(network, [tokens, layer, t, pad_mask], s, pass_rows)
 
     # -- training -------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, t: Tensor, lengths_tokens: Tensor,

@@ -10,6 +10,7 @@
     sample_gumbel(logits, generator)           argmax(logits + Gumbel noise): the same distribution, one pass
     guidance_combine(cond, uncond, scale)      uncond + s·(cond − uncond)
     map_row_chunks(fn, tensors, rows)          fn over slices of ≤ rows batch rows, concatenated (network passes)
+    guided_passes(network, inputs, s, rows)    cond and uncond as one doubled batch (in row slices), combined
     check_generation_args(...)                 one-line ValueErrors for steps / guidance_scale / topk_ratio / τ
 
 Schedule (MaskGIT, MoMask; `reference.md` §6.1). Training draws u ~ U(0, 1) per sample and masks a fraction
@@ -227,6 +228,21 @@ def map_row_chunks(fn, tensors: Sequence[Tensor | None], rows: int | None) -> Te
     if rows < 1:
         raise ValueError(f"{_MOD}: argument 'pass_rows' must be ≥ 1 or None, got {rows!r}")
     return torch.cat([fn(*(None if x is None else x[s:s + rows] for x in tensors)) for s in range(0, n, rows)])
+
+
+def guided_passes(network, inputs: Sequence[Tensor | None], scale: float, rows: int | None = None) -> Tensor:
+    """Classifier-free guidance over `network(*inputs, drop)` (drop: (B,) bool, True = unconditional): cond and
+    uncond run as one doubled batch, in slices of at most `rows` rows (`map_row_chunks`), combined by
+    `guidance_combine`; scale 1 runs the conditional half only. inputs: (B, ...) tensors or None."""
+    check_guidance_scale(scale)
+    first = next(x for x in inputs if x is not None)
+    b, device = first.shape[0], first.device
+    if scale == 1:
+        return map_row_chunks(network, [*inputs, torch.zeros(b, dtype=torch.bool, device=device)], rows)
+    doubled = [None if x is None else torch.cat([x, x], dim=0) for x in inputs]
+    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+    both = map_row_chunks(network, [*doubled, drop], rows)
+    return guidance_combine(both[:b], both[b:], scale)
 
 
 def register_column_vocabulary(module: torch.nn.Module, num_groups: int, codebook_sizes,
