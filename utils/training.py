@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from datasets.motion_dataset import collate
 from utils.checkpoint import check_upstream, load_checkpoint, load_model_state, save_checkpoint, unwrap_model
 from utils.config import ConfigError, bad_value, check_choice, save_config, to_dict
-from utils.distributed import (DistContext, all_reduce_mean, destroy_distributed, gather_objects, init_distributed,
-                               local_device, resolve_device)
+from utils.distributed import (DistContext, all_reduce_mean, barrier, destroy_distributed, gather_objects,
+                               init_distributed, local_device, resolve_device)
 from utils.run_dir import RESUME_CHANGEABLE, RunDir, check_resume_config  # noqa: F401 (re-exported)
 
 log = logging.getLogger("remomask.train")
@@ -426,7 +426,9 @@ class Trainer:
         """Train to `max_steps`, validating and checkpointing on the way. Returns the final metrics
         (the last validation's metrics, `train/loss` of the last step and `step`)."""
         try:
-            return self._fit()
+            out = self._fit()
+            barrier(self.dist)        # every rank (rank 0: its last checkpoint) done before the group is destroyed;
+            return out                # a rank leaving early made gloo abort the other at exit (seen once in CI)
         finally:
             if self.writer is not None:
                 self.writer.close()
