@@ -110,7 +110,7 @@ def test_benchmark_script_runs_tiny_and_writes_json(tmp_path, capsys):
     assert rc == 0
     data = json.loads(path.read_text())
     run = data["runs"]["2"]
-    assert run["naive_equals_fast_fp32"] is True
+    assert run["naive_equals_fast_fp32"] is True and run["naive_fast_fp32_token_agreement"] == 1.0
     assert set(run) >= {"naive", "fast_fp32", "fast_bf16", "flops", "bf16_tolerance"}
     assert set(run["fast_fp32"]["stages"]) >= {*bench.STAGES, "total"}
     assert data["matmul_gflops"]["fp32"] > 0 and "scaling" in data
