@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fp32 (default, exact); bf16: bfloat16 copies of the transformers' weights and bf16 "
                           "autocast elsewhere, ~2x faster on CPUs with bf16 units and on GPUs; bf16-autocast: "
                           "autocast only. bf16 tokens may differ from fp32's (BENCHMARKS.md, tolerance)")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the transformers on static shapes (CUDA graphs on CUDA): pays off for "
+                          "many prompts of one batch size; the first call compiles (seconds on a GPU, a minute or "
+                          "more on a CPU)")
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--runs-root", default="runs", help="root of the run folders (default runs)")
     ck.add_argument("--name", default="demo", help="run name of every stage (default demo)")
@@ -206,6 +210,8 @@ def main(argv=None) -> int:
                                                  length_estimator=_length_estimator(args), text_path=args.text_path,
                                                  device=device, allow_mismatch=args.allow_mismatch,
                                                  precision=args.precision)
+        if args.compile:
+            pipe.compile()
     except (CheckpointError, PipelineError) as err:
         raise GenerateError(str(err)) from None
     lengths = [l if l is not None else args.length for _, l in prompts]

@@ -41,6 +41,11 @@ class Bf16Copy:
         self._key: tuple | None = None
         self._copy: nn.Module | None = None
 
+    @property
+    def cached(self) -> nn.Module | None:
+        """The copy built last (None before the first `get`), without checking it against the source."""
+        return self._copy
+
     def get(self) -> nn.Module:
         key = _state_key(self.source)
         if self._copy is None or key != self._key:

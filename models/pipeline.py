@@ -29,7 +29,8 @@ stages named in `bf16_stages` run in bfloat16 (CPU with AMX / avx512_bf16, or CU
 bf16 changes the sampled tokens of a seed (near-tied logits flip), within the tolerance the benchmark measures and
 states. `pass_rows` ("auto": 8 on a CPU) runs each transformer pass over slices of that many rows of the doubled
 guidance batch (the same tokens; cache locality). `pad_to` pads the token map to a fixed number of steps (static
-shapes for torch.compile / CUDA graphs); with per-item seeds the tokens do not change.
+shapes for torch.compile / CUDA graphs); with per-item seeds the tokens do not change. `pipe.compile()` compiles the
+transformers' blocks and heads with torch.compile on such static shapes (CUDA graphs on CUDA).
 """
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ PRECISIONS = ("fp32", "bf16", "bf16-autocast")
 WEIGHT_STAGES = ("mask", "residual")          # precision "bf16": held as bf16 weight copies
 CPU_PASS_ROWS = 8                              # pass_rows "auto" on a CPU (rows_per_pass)
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_transformer(model: nn.Module, mode: str | None, backend: str = "inductor") -> nn.Module:
+    """torch.compile each block and the head of a MaskTransformer / ResidualTransformer in place, static shapes
+    (`dynamic=False`: one graph per batch size and padded length). Returns `model`."""
+    for part in (*model.blocks, model.head):
+        part.compile(mode=mode, backend=backend, dynamic=False)
+    return model
 
 
 class PipelineError(ValueError):
@@ -142,6 +152,7 @@ class ReMoMaskPipeline:
         if unknown:
             raise PipelineError(f"{_MOD}: argument 'bf16_stages' must name stages of {STAGES}, got {unknown}")
         self.precision, self.bf16_stages, self.pad_to = precision, tuple(bf16_stages), pad_to
+        self.compile_options: dict | None = None          # set by `compile`
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
         self.mask, self.residual = mask.eval(), residual.eval()
         self._bf16_copies = {s: Bf16Copy(m, prepare=self.prepare_bf16_copy)
@@ -220,7 +231,40 @@ class ReMoMaskPipeline:
         kernel = self.attention_kernel
         if kernel == "auto":
             kernel = "matmul" if self.device.type == "cpu" else "sdpa"
-        return use_attention_kernel(module, kernel)
+        module = use_attention_kernel(module, kernel)
+        if self.compile_options is not None:             # a copy rebuilt after `compile` is compiled too
+            compile_transformer(module, **self.compile_options)
+        return module
+
+    def compile(self, mode: str | None = None, *, backend: str = "inductor",
+                pad_to: int | None = None) -> "ReMoMaskPipeline":
+        """torch.compile the blocks and heads of the two transformers this pipeline runs, on static shapes.
+
+        Args:
+            mode: torch.compile mode, one of COMPILE_MODES; None = "reduce-overhead" (CUDA graphs) on CUDA,
+                "default" (inductor kernels) on a CPU
+            backend: torch.compile backend ("inductor"; "eager" checks the plumbing without code generation)
+            pad_to: token steps every call's map is padded to (static shapes); None = keep `self.pad_to`, or the
+                dataset's longest motion (pad_length // downsample) when unset
+        The bf16 copies (precision "bf16") are compiled, also when rebuilt later; otherwise the fp32 modules are
+        compiled in place (a pipeline sharing them runs them compiled too). Each new batch size compiles on its
+        first call (seconds on a GPU, a minute or more on a CPU); the tokens are those of the eager modules in fp32
+        up to the rounding of fused kernels. Returns self."""
+        if mode is not None and mode not in COMPILE_MODES:
+            raise PipelineError(f"{_MOD}: argument 'mode' must be None or one of {COMPILE_MODES}, got {mode!r}")
+        if mode is None and backend == "inductor":
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self.compile_options = {"mode": mode if backend == "inductor" else None, "backend": backend}
+        if pad_to is not None or self.pad_to is None:
+            self.pad_to = pad_to or self.facts.pad_length // self.tokenizer.downsample
+        for stage in WEIGHT_STAGES:
+            if self._bf16_weights(stage):
+                built = self._bf16_copies[stage].cached
+                if built is not None:                          # already built: compile it; new ones via prepare
+                    compile_transformer(built, **self.compile_options)
+            else:
+                compile_transformer({"mask": self.mask, "residual": self.residual}[stage], **self.compile_options)
+        return self
 
     def rows_per_pass(self) -> int | None:
         """Network rows per transformer pass: `pass_rows`, "auto" = 8 on a CPU (a guided pass over 64 rows in slices

@@ -154,3 +154,22 @@ def test_generate_bf16_records_its_precision_and_keeps_the_lengths(smoke_run, tm
     summary = json.loads((out / "summary.json").read_text())
     joints = np.load(out / summary["samples"][0]["joints"])
     assert summary["settings"]["precision"] == "bf16" and joints.shape == (64, 22, 3) and np.isfinite(joints).all()
+
+
+def test_generate_compile_compiles_the_pipeline_and_keeps_the_motion(smoke_run, tmp_path, capsys, monkeypatch):
+    from models.pipeline import ReMoMaskPipeline
+
+    calls, original = [], ReMoMaskPipeline.compile
+    monkeypatch.setattr(ReMoMaskPipeline, "compile",       # the eager backend: the plumbing without code generation
+                        lambda self, *a, **k: calls.append(self) or original(self, backend="eager"))
+    joints = {}
+    for flag in ("--no-compile", "--compile"):
+        out = tmp_path / flag
+        args = ["--prompt", "a person walks forward", "--length", "64", "--out", str(out), "--no-bvh"]
+        rc, err = _generate(smoke_run, capsys, *args, *([flag] if flag == "--compile" else []))
+        assert rc == 0, err
+        summary = json.loads((out / "summary.json").read_text())
+        joints[flag] = np.load(out / summary["samples"][0]["joints"])
+        assert summary["settings"]["compile"] is (flag == "--compile")
+    assert len(calls) == 1 and calls[0].pad_to == 49
+    np.testing.assert_allclose(joints["--compile"], joints["--no-compile"], atol=1e-5)

@@ -265,3 +265,45 @@ def test_bad_pass_rows_is_a_one_line_error(components):
 
     with pytest.raises(PipelineError, match="pass_rows"):
         bench.make_pipeline(components, pass_rows=0)
+
+
+def _compiled(module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def test_compile_wraps_the_running_transformers_and_keeps_the_tokens(components):
+    from models.pipeline import PipelineError
+
+    eager = _call(bench.make_pipeline(components, pad_to=49))
+    fresh = bench.tiny_components()                     # compile works in place: keep the shared ones eager
+    pipe = bench.make_pipeline(fresh).compile(backend="eager")
+    assert pipe.pad_to == 49 and pipe.compile_options == {"mode": None, "backend": "eager"}
+    assert all(_compiled(b) for m in (pipe.mask, pipe.residual) for b in (*m.blocks, m.head))
+    assert torch.equal(_call(pipe).tokens, eager.tokens)
+    with pytest.raises(PipelineError, match="argument 'mode' must be None or one of"):
+        pipe.compile("fastest")
+
+
+def test_compile_in_bf16_compiles_the_copies_also_when_rebuilt(components):
+    pipe = bench.make_pipeline(components, precision="bf16")
+    first = pipe.stage_module("mask")                    # built before compile: compiled by it
+    pipe.compile(backend="eager")
+    assert _compiled(first.blocks[0]) and not _compiled(pipe.mask.blocks[0])    # the fp32 source stays eager
+    pipe.mask.load_state_dict(pipe.mask.state_dict())    # the source changes: a new copy, compiled as it is built
+    again = pipe.stage_module("mask")
+    assert again is not first and all(_compiled(b) for b in (*again.blocks, again.head))
+    assert _compiled(pipe.stage_module("residual").head)
+    assert pipe(PROMPTS[:1], lengths=64, steps=2).tokens.shape[0] == 1
+
+
+@pytest.mark.slow
+def test_inductor_compile_on_the_cpu_keeps_the_logits(components):
+    """Real code generation (a minute or more): fp32 logits of one guided pass within 1e-4 of eager."""
+    fresh = bench.tiny_components()
+    pipe = bench.make_pipeline(fresh).compile("default")
+    mask, _, t, r, tokens, _ = _pass_inputs(components, b=2, tp=49, seed=3)
+    with torch.no_grad():
+        want = components["mask"].eval().guided_logits(tokens, t, r, r)
+        got = pipe.stage_module("mask").guided_logits(tokens, t, r, r)
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=1e-4)

@@ -453,16 +453,6 @@ def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, 
 # ----------------------------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------------------------
-def compile_transformers(pipe, mode: str = "reduce-overhead") -> None:
-    """torch.compile each block and head of the transformers the pipeline runs (its bf16 copies under precision
-    "bf16") in place (mode "reduce-overhead": CUDA graphs on CUDA; "default" on the CPU); shapes are static when
-    the pipeline pads to a fixed length (`pad_to`) and the batch size does not change."""
-    for model in (pipe.stage_module("mask"), pipe.stage_module("residual")):
-        for block in model.blocks:
-            block.compile(mode=mode, dynamic=False)
-        model.head.compile(mode=mode, dynamic=False)
-
-
 def load_average() -> str:
     try:
         return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -658,7 +648,7 @@ def bench(args) -> dict:
         paths.append("fast_bf16_compile")
         compiled = make_pipeline(components, precision="bf16", pad_to=49)
         mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
-        compile_transformers(compiled, mode)
+        compiled.compile(mode)                  # its bf16 copies, static shapes (pad_to 49)
         results["compile_mode"] = mode
     results["runs"] = {}
     flops_b1 = None
