@@ -280,7 +280,9 @@ def test_logged_lr_is_the_lr_each_update_used(tmp_path):
 
 # ---- CUDA (run on a GPU machine; skipped on CPU-only CI) ---------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def cuda(test):
+    """A CUDA test: marked `cuda` (`pytest -m cuda`) and skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 @cuda
