@@ -137,6 +137,24 @@ def test_eval_driver_benchmark_counts_the_protocol_samples(tmp_path):
     assert data["projected_20_rep_s"] == pytest.approx(20 * (data["driver_s_per_replication"] + 3104 * 0.5))
 
 
+def test_eval_projection_uses_the_evaluation_batch_size(tmp_path):
+    from utils.benchmarks.eval_t2m import gen_seconds_from_json
+
+    def run(total, compiled=None):
+        entry = {"fast_bf16": {"stages": {"total": {"median": total}}}}
+        if compiled is not None:
+            entry["fast_bf16_compile"] = {"stages": {"total": {"median": compiled}}}
+        return entry
+
+    path = tmp_path / "gen.json"
+    data = {"date": "d", "machine": "m", "runs": {"1": run(0.5), "32": run(3.2, 1.6), "256": run(2.56)}}
+    path.write_text(json.dumps(data))
+    assert gen_seconds_from_json(str(path)) == (pytest.approx(0.05), "fast_bf16_compile at batch 32 (d, m)")
+    del data["runs"]["32"]
+    path.write_text(json.dumps(data))
+    assert gen_seconds_from_json(str(path))[0] == pytest.approx(0.01)           # no batch 32: the largest
+
+
 def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
     from utils.benchmarks import train_generators as tg
 

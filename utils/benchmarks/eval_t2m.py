@@ -75,11 +75,12 @@ class StandInGenerator:
         return torch.randn(b, self.frames, self.dim, generator=generator), batch["length"]
 
 
-def gen_seconds_from_json(path: str) -> tuple[float, str]:
-    """(seconds per sample, description) of the fast bf16 path at the largest batch of a generate.py JSON."""
+def gen_seconds_from_json(path: str, batch_size: int = 32) -> tuple[float, str]:
+    """(seconds per sample, description) of the fastest bf16 path of a generate.py JSON at the evaluation's batch
+    size (the driver generates in batches of eval.batch_size = 32), or at its largest batch when that is absent."""
     data = json.loads(open(path).read())
     runs = data["runs"]
-    batch = max(runs, key=int)
+    batch = str(batch_size) if str(batch_size) in runs else max(runs, key=int)
     path_name = "fast_bf16_compile" if "fast_bf16_compile" in runs[batch] else "fast_bf16"
     total = runs[batch][path_name]["stages"]["total"]["median"]
     return total / int(batch), f"{path_name} at batch {batch} ({data['date']}, {data['machine']})"
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         proj = 20 * (per_rep + samples * gen_s)
         res.update(gen_s_per_sample=gen_s, gen_source=gen_src, projected_20_rep_s=proj)
         print(f"| generation at {gen_s:.3f} s/sample ({gen_src}) | {samples * gen_s / 3600:.2f} h per replication |")
-        print(f"| **projected 20 replications** | {proj / 3600:.1f} h ({proj / 60:.0f} min) |")
+        print(f"| **projected 20 replications** | {proj / 3600:.1f} h ({proj / 60:.1f} min) |")
     if args.json:
         from utils.atomic import atomic_write_text
 
