@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 
+from tests.test_generation_speed import PROMPTS, _call, check_bf16_tolerance, naive_and_fast
 from utils.benchmarks import generate as bench
 
 # REMOMASK_CUDA_TESTS_DEVICE=cpu rehearses these tests on a CPU (the device-specific expectations follow the device)
@@ -22,23 +23,13 @@ ON_CUDA = DEVICE.startswith("cuda")
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs CUDA")]
 
-PROMPTS = ["a person walks forward", "someone jumps up and down", "a man waves his left hand"]
-
-
 @pytest.fixture(scope="module")
 def components():
     return bench.tiny_components(DEVICE)
 
 
-def _call(pipe, prompts=PROMPTS, lengths=(196, 120, 64), steps=3, seed=7):
-    return pipe(list(prompts), lengths=list(lengths), steps=steps, seed=seed)
-
-
 def test_cuda_fast_fp32_keeps_the_naive_tokens(components):
-    fast = bench.make_pipeline(components)
-    out = _call(fast)
-    with bench.naive_path(fast, PROMPTS) as naive:
-        slow = _call(naive)
+    fast, out, slow = naive_and_fast(components)
     assert torch.equal(out.tokens, slow.tokens)
     assert out.tokens.device.type == "cpu" and fast.device.type == torch.device(DEVICE).type
 
@@ -60,14 +51,7 @@ def test_cuda_defaults_are_sdpa_and_whole_passes(components):
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-autocast"])
 def test_cuda_bf16_stays_within_the_stated_tolerance(components, precision):
-    fp32 = bench.make_pipeline(components)
-    low = bench.make_pipeline(components, precision=precision)
-    a, b = _call(fp32), _call(low)
-    tol = bench.bf16_tolerance(fp32, PROMPTS, 196, 3, a, b)
-    assert tol["text_rel_err"] < 0.02 and tol["decode_rel_err"] < 0.02
-    assert tol["mask_logit_rel_err"] < 0.05 and tol["residual_logit_rel_err"] < 0.05
-    assert tol["mask_prob_tv"] < 0.01 and tol["residual_prob_tv"] < 0.01
-    assert tol["token_agreement_all_levels"] > 0.8 and b.features.dtype == torch.float32
+    check_bf16_tolerance(components, precision)
 
 
 def test_cuda_graphs_compile_keeps_the_logits():

@@ -26,11 +26,30 @@ def _call(pipe, prompts=PROMPTS, lengths=(196, 120, 64), steps=3, seed=7):
     return pipe(list(prompts), lengths=list(lengths), steps=steps, seed=seed)
 
 
-def test_naive_path_gives_the_fast_fp32_tokens(components):
+def naive_and_fast(components):
+    """(fast pipeline, its fp32 output, the naive path's output) for the same prompts and seeds (also test_cuda)."""
     fast = bench.make_pipeline(components)
     out = _call(fast)
     with bench.naive_path(fast, PROMPTS) as naive:
         slow = _call(naive)
+    return fast, out, slow
+
+
+def check_bf16_tolerance(components, precision: str = "bf16"):
+    """The stated bf16 tolerance (BENCHMARKS.md) of `precision` against fp32 on the same prompts and seeds."""
+    fp32 = bench.make_pipeline(components)
+    low = bench.make_pipeline(components, precision=precision)
+    a, b = _call(fp32), _call(low)
+    tol = bench.bf16_tolerance(fp32, PROMPTS, 196, 3, a, b)
+    assert tol["text_rel_err"] < 0.02 and tol["decode_rel_err"] < 0.02
+    assert tol["mask_logit_rel_err"] < 0.05 and tol["residual_logit_rel_err"] < 0.05
+    assert tol["mask_prob_tv"] < 0.01 and tol["residual_prob_tv"] < 0.01
+    assert tol["token_agreement_all_levels"] > 0.8
+    assert a.features.dtype == b.features.dtype == torch.float32
+
+
+def test_naive_path_gives_the_fast_fp32_tokens(components):
+    fast, out, slow = naive_and_fast(components)
     assert torch.equal(out.tokens, slow.tokens)
     torch.testing.assert_close(out.features, slow.features, atol=1e-5, rtol=1e-5)
     again = _call(fast)                        # the naive patches are gone afterwards
@@ -83,15 +102,7 @@ def test_cached_text_and_retrieval_give_the_uncached_result(components):
 
 
 def test_bf16_stays_within_the_stated_tolerance(components):
-    fp32 = bench.make_pipeline(components)
-    bf16 = bench.make_pipeline(components, precision="bf16")
-    a, b = _call(fp32), _call(bf16)
-    tol = bench.bf16_tolerance(fp32, PROMPTS, 196, 3, a, b)
-    assert tol["text_rel_err"] < 0.02 and tol["decode_rel_err"] < 0.02
-    assert tol["mask_logit_rel_err"] < 0.05 and tol["residual_logit_rel_err"] < 0.05
-    assert tol["mask_prob_tv"] < 0.01 and tol["residual_prob_tv"] < 0.01
-    assert tol["token_agreement_all_levels"] > 0.8
-    assert a.features.dtype == b.features.dtype == torch.float32
+    check_bf16_tolerance(components)
 
 
 def test_bad_precision_is_a_one_line_error(components):
