@@ -11,7 +11,8 @@ explicitly. A prompts file has one `text` or `text#length` per line (length in f
 estimator picks one).
 
 Output (`--out`, default outputs/<name>): one folder per sample, `<index>_<prompt words>_s<k>/`, with
-`joints.npy` (T × J × 3; metres for HumanML3D), `features.npy` (T × D raw features), `motion.gif` (stick figure, the
+`joints.npy` (T × J × 3; metres for HumanML3D), `features.npy` (T × D raw features), `frames.png` (8 frames side by
+side, `--no-sheet` to skip; with `overview.png` of the first samples in the output folder), `motion.gif` (stick figure, the
 prompt as title; also `motion.mp4` when the imageio-ffmpeg package is installed, `--no-mp4` to skip it) and `motion.bvh` (utils/bvh.py), and
 `summary.json` listing per sample the prompt, length, seed, the files and the retrieved neighbours, with every
 setting under "settings". `--foot-cleanup` removes the slide of planted feet (off by default; prints the skating
@@ -27,6 +28,7 @@ from pathlib import Path
 
 PENDING_STAGES = ("mask", "residual")
 PRECISIONS = ("fp32", "bf16", "bf16-autocast")   # = models.pipeline.PRECISIONS (kept torch-free for --help)
+OVERVIEW_ROWS = 12                                 # samples shown in overview.png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write motion.mp4 (default: when the imageio-ffmpeg package is installed; --mp4 "
                           "requires it)")
     out.add_argument("--no-bvh", action="store_true", help="skip the BVH")
+    out.add_argument("--no-sheet", action="store_true",
+                     help="skip the still pictures: frames.png per sample (8 frames side by side) and overview.png "
+                          f"(the first {OVERVIEW_ROWS} samples, one row each)")
     out.add_argument("--foot-cleanup", action="store_true",
                      help="shift the body so planted feet do not slide (utils/foot_skate.py; off by default); prints "
                           "the skating ratio before and after")
@@ -223,7 +228,7 @@ def main(argv=None) -> int:
     except PipelineError as err:
         raise GenerateError(f"--length / prompts file: {err}") from None
     fps = pipe.facts.fps
-    samples, index = [], 0
+    samples, index, overview = [], 0, []
     for p, ((text, _), length) in enumerate(tqdm(list(zip(prompts, lengths)), desc="prompts", unit="prompt")):
         result = pipe(text, None if length is None else [length], num_samples=args.num_samples, steps=args.steps,
                       guidance_scale=args.guidance_scale, residual_guidance_scale=args.residual_guidance_scale,
@@ -258,6 +263,14 @@ def main(argv=None) -> int:
                 fit = fit_smpl(joints, model=smpl_model, progress=False)
                 entry["smpl"] = str(save_smpl_npz(fit, folder / "smpl.npz").relative_to(out_dir))
                 entry["smpl_fit_error_mm"] = {"mean": float(fit.error_mean_mm), "max": float(fit.error_max_mm)}
+            if not args.no_sheet:
+                from utils.plot import plot_contact_sheet
+
+                sheet = plot_contact_sheet([joints], folder / "frames.png", titles=[text[:60]], dataset=pipe.dataset,
+                                           frames=8, fps=fps)
+                entry["frames"] = str(sheet.relative_to(out_dir))
+                if len(overview) < OVERVIEW_ROWS:
+                    overview.append((joints, f"{text[:50]} (seed {result.seeds[k]})"))
             if not args.no_animation:
                 from utils.plot import mp4_available, save_animations
 
@@ -267,10 +280,18 @@ def main(argv=None) -> int:
                     entry[key] = str(path.relative_to(out_dir))
             samples.append(entry)
             index += 1
+    overview_file = None
+    if overview:
+        from utils.plot import plot_contact_sheet
+
+        overview_file = plot_contact_sheet([j for j, _ in overview], out_dir / "overview.png",
+                                           titles=[t for _, t in overview], dataset=pipe.dataset, frames=8, fps=fps)
     settings = {k: v for k, v in vars(args).items() if k not in ("prompt", "prompts_file", "debug")}
     settings.update(device=str(device), mask=mask, residual=residual, tokenizer=pipe.tokenizer.path,
                     dataset=pipe.dataset, fps=fps)
     summary = {"samples": samples, "settings": settings}
+    if overview_file is not None:
+        summary["overview"] = overview_file.name
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"generate.py: {len(samples)} motion(s) in {out_dir} (summary.json); first: "
           f"{out_dir / samples[0].get('animation', samples[0]['joints'])}")

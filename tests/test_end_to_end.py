@@ -76,6 +76,10 @@ def test_generated_samples_match_the_prompts_file(smoke_run):
             assert imageio_ffmpeg.count_frames_and_secs(str(out / s["mp4"]))[0] == s["length"]
         assert len(read_bvh(out / s["bvh"]).data) == s["length"]
         assert len(s["neighbours"]) == 1 and set(s["neighbours"][0]) == {"id", "caption", "score"}
+        with Image.open(out / s["frames"]) as sheet:              # 8 frames of 1.7 in × 2.3 in at 80 dpi, one row
+            assert sheet.size == (1088, 184)
+    with Image.open(out / summary["overview"]) as overview:       # one row per sample
+        assert overview.size == (1088, 3 * 184)
     assert summary["settings"]["dataset"] == "t2m" and summary["settings"]["fps"] == 20.0
 
 
