@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         sorted(Path(runs, "generate", args.name).glob("*/motion.mp4"))
     if animations:
         print("  animations:\n" + "\n".join(f"    {g}" for g in animations))
+    overview = Path(runs, "generate", args.name, "overview.png")
+    if overview.is_file():
+        print(f"  all generated motions in one picture: {overview}")
 
 
 if __name__ == "__main__":
