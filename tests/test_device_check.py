@@ -57,6 +57,15 @@ def test_the_step_list_and_its_files_fit_what_the_device_tool_returns(tmp_path):
     assert sum(s.cap_s for s in steps) < 15 * 60
 
 
+def test_the_cuda_test_files_hold_every_cuda_test():
+    import re
+    from pathlib import Path
+
+    marked = {f"tests/{p.name}" for p in Path(dc.REPO, "tests").glob("test_*.py")
+              if re.search(r"mark\.cuda\b", p.read_text())}
+    assert marked == set(dc.CUDA_TEST_FILES)
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert dc.main(["--out", str(tmp_path), "--device", "cpu", "--rehearsal", "--steps", "generate,nope"]) == 2
     assert "--steps: unknown ['nope']" in capsys.readouterr().err
