@@ -153,11 +153,13 @@ def test_generate_foot_cleanup_reports_the_skating_ratio(smoke_run, tmp_path, ca
 def test_generate_bf16_records_its_precision_and_keeps_the_lengths(smoke_run, tmp_path, capsys):
     out = tmp_path / "out"
     rc, err = _generate(smoke_run, capsys, "--prompt", "a person walks forward", "--length", "64", "--out", str(out),
-                        "--precision", "bf16", "--no-bvh")
+                        "--precision", "bf16", "--no-bvh", "--no-sheet")
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     joints = np.load(out / summary["samples"][0]["joints"])
     assert summary["settings"]["precision"] == "bf16" and joints.shape == (64, 22, 3) and np.isfinite(joints).all()
+    assert "overview" not in summary and "frames" not in summary["samples"][0]         # --no-sheet
+    assert not list(out.rglob("*.png"))
 
 
 def test_generate_compile_compiles_the_pipeline_and_keeps_the_motion(smoke_run, tmp_path, capsys, monkeypatch):
