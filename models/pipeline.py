@@ -263,7 +263,7 @@ class ReMoMaskPipeline:
                 if built is not None:                          # already built: compile it; new ones via prepare
                     compile_transformer(built, **self.compile_options)
             else:
-                compile_transformer({"mask": self.mask, "residual": self.residual}[stage], **self.compile_options)
+                compile_transformer(self._source(stage), **self.compile_options)
         return self
 
     def rows_per_pass(self) -> int | None:
@@ -274,10 +274,14 @@ class ReMoMaskPipeline:
             return CPU_PASS_ROWS if self.device.type == "cpu" else None
         return self.pass_rows
 
+    def _source(self, stage: str) -> nn.Module:
+        """The fp32 transformer of stage "mask" or "residual"."""
+        return {"mask": self.mask, "residual": self.residual}[stage]
+
     def stage_module(self, stage: str) -> nn.Module:
         """The transformer that runs stage "mask" or "residual": its bfloat16 copy under `precision="bf16"`, else the
         module itself."""
-        module = {"mask": self.mask, "residual": self.residual}[stage]
+        module = self._source(stage)
         if self._bf16_weights(stage):
             copy = self._bf16_copies[stage]
             if copy.source is not module:                   # the component was swapped after construction

@@ -453,6 +453,11 @@ def bf16_tolerance(pipe, prompts: list[str], frames: int, steps: int, fp32_out, 
 # ----------------------------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------------------------
+def token_agreement(a, b) -> float:
+    """Share of equal tokens of two (B, T', C, Q) maps at their valid (>= 0) positions."""
+    return float((a == b)[a >= 0].float().mean())
+
+
 def load_average() -> str:
     try:
         return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -647,9 +652,8 @@ def bench(args) -> dict:
     if args.compile:
         paths.append("fast_bf16_compile")
         compiled = make_pipeline(components, precision="bf16", pad_to=49)
-        mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
-        compiled.compile(mode)                  # its bf16 copies, static shapes (pad_to 49)
-        results["compile_mode"] = mode
+        compiled.compile(args.compile_mode)     # its bf16 copies, static shapes (pad_to 49); None = the device's
+        results["compile_mode"] = compiled.compile_options["mode"]
     results["runs"] = {}
     flops_b1 = None
     for batch in args.batches:
@@ -664,10 +668,10 @@ def bench(args) -> dict:
             entry["naive_equals_fast_fp32"] = bool(torch.equal(a, b))
             # float32 GEMM kernels are picked by row count, so a pass over 2B rows (or 8-row slices) and two passes
             # over B rows round differently (~1e-6 on logits at paper size); near-tied tokens can flip on that
-            entry["naive_fast_fp32_token_agreement"] = float((a == b)[a >= 0].float().mean())
+            entry["naive_fast_fp32_token_agreement"] = token_agreement(a, b)
         if "fast_bf16_compile" in res:
-            a, b = res["fast_bf16"]["out"].tokens, res["fast_bf16_compile"]["out"].tokens
-            entry["compile_token_agreement_vs_bf16"] = float((a == b)[a >= 0].float().mean())
+            entry["compile_token_agreement_vs_bf16"] = token_agreement(res["fast_bf16"]["out"].tokens,
+                                                                       res["fast_bf16_compile"]["out"].tokens)
         pipe = make_pipeline(components)
         if batch == args.batches[0] or args.tolerance_every_batch:
             entry["bf16_tolerance"] = bf16_tolerance(pipe, prompts_for(batch), args.frames, args.steps,
@@ -865,6 +869,8 @@ def _int_list(text: str, name: str, low: int = 1) -> list[int]:
 
 
 def parse_args(argv: list[str] | None):
+    from models.pipeline import COMPILE_MODES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,32 on CPU, 1,32,256 on CUDA)")
@@ -881,7 +887,7 @@ def parse_args(argv: list[str] | None):
                     help="skip the bf16-autocast path (timed by default beside the bf16-weights path)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the transformer blocks "
                     "(static shapes: pad_to 49; compiled once per batch size, outside the timed calls)")
-    ap.add_argument("--compile-mode", default=None,
+    ap.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                     help="torch.compile mode (default: reduce-overhead = CUDA graphs on CUDA, 'default' on CPU)")
     ap.add_argument("--skip-scaling", action="store_true", help="no scaling table")
     ap.add_argument("--scaling-path", default="fast_bf16", help="fast_bf16 | fast_fp32 (default fast_bf16)")
