@@ -1,4 +1,5 @@
-"""`Bf16Copy`: a bfloat16 copy of a module that follows its fp32 source.
+"""`Bf16Copy`: a bfloat16 copy of a module that follows its fp32 source; `bf16_slow_reason`: whether a device
+runs bfloat16 matmuls natively (on one that does not, bf16 is slower than fp32 and the pipeline warns).
 
     copy = Bf16Copy(model)      # holds a reference to `model`; nothing is copied yet
     fast = copy.get()           # a deep copy with every floating-point parameter and buffer in bfloat16
@@ -52,3 +53,55 @@ class Bf16Copy:
             clone = copy.deepcopy(self.source).to(self.dtype).eval()
             self._copy, self._key = (self.prepare(clone) if self.prepare else clone), key
         return self._copy
+
+
+# ---- does this device run bfloat16 matmuls natively? ---------------------------------------------------------------
+# x86: AMX tiles or the AVX-512 BF16 dot products; Arm: the BF16 extension ("bf16" in /proc/cpuinfo's Features).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The instruction-set flags of the first CPU in `path` ("flags" on x86, "Features" on Arm), None where the file
+    cannot be read (not Linux)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return set(value.split())
+    except OSError:
+        return None
+    return set()
+
+
+def bf16_slow_reason(device: str | torch.device, flags: set[str] | None = None) -> str | None:
+    """None where `device` runs bfloat16 matmuls natively, else one sentence saying why it does not.
+
+    On a CPU without AMX / AVX-512 BF16 / Arm BF16 (AVX2-only x86, e.g. AMD Zen 2) PyTorch's bf16 matmuls are
+    emulated: measured on a 2-vCPU AMD EPYC (Zen 2) at 12.5 GFLOP/s for a Linear and 0.3 GFLOP/s for a 2048²
+    matmul, against 93–95 GFLOP/s in fp32 (BENCHMARKS.md). `flags` overrides the CPU flags read from /proc/cpuinfo
+    (tests)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:                                   # older torch: no emulation argument
+            native = torch.cuda.is_bf16_supported()
+        if native:
+            return None
+        return (f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
+                f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0)")
+    if device.type != "cpu":
+        return None
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:                                       # no /proc/cpuinfo: ask oneDNN
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
+        return "oneDNN reports no bf16 support on this CPU"
+    if flags & set(BF16_CPU_FLAGS):
+        return None
+    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix instructions (none of "
+            f"{', '.join(BF16_CPU_FLAGS)} among its flags), so bf16 matmuls are emulated and run several times "
+            f"slower than fp32")

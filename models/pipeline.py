@@ -27,7 +27,9 @@ stages named in `bf16_stages` run in bfloat16 (CPU with AMX / avx512_bf16, or CU
   a softmax on a CPU, `models.attention.matmul_attention`; SDPA on CUDA; or "sdpa" / "matmul");
 - `precision="bf16-autocast"`: every stage under bfloat16 autocast (fp32 weights, bf16 matmuls).
 bf16 changes the sampled tokens of a seed (near-tied logits flip), within the tolerance the benchmark measures and
-states. `pass_rows` ("auto": 8 on a CPU) runs each transformer pass over slices of that many rows of the doubled
+states. On a device without native bf16 matmuls (an AVX2-only CPU such as AMD Zen 2; a GPU before compute
+capability 8.0) bf16 is emulated and slower than fp32: the pipeline warns (`models.low_precision.bf16_slow_reason`).
+`pass_rows` ("auto": 8 on a CPU) runs each transformer pass over slices of that many rows of the doubled
 guidance batch (the same tokens; cache locality). `pad_to` pads the token map to a fixed number of steps (static
 shapes for torch.compile / CUDA graphs); with per-item seeds the tokens do not change. `pipe.compile()` compiles the
 transformers' blocks and heads with torch.compile on such static shapes (CUDA graphs on CUDA).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,7 +48,7 @@ from torch import Tensor, nn
 
 from datasets.registry import dataset_facts
 from models.attention import KERNELS, use_attention_kernel
-from models.low_precision import Bf16Copy
+from models.low_precision import Bf16Copy, bf16_slow_reason
 from models.text_encoders import check_texts, warn_if_truncated
 
 _MOD = "models/pipeline.py"
@@ -163,6 +166,10 @@ class ReMoMaskPipeline:
         self.dataset = tokenizer.dataset
         self.facts = dataset_facts(self.dataset)
         self._check_components()
+        slow = bf16_slow_reason(self.device) if precision != "fp32" else None
+        if slow:
+            warnings.warn(f"{_MOD}: precision {precision!r} on {self.device}: {slow}; precision 'fp32' is the fast "
+                          f"choice here", stacklevel=2)
 
     # ---- construction ---------------------------------------------------------------------------------------------
     def _check_components(self) -> None:

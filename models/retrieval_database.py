@@ -72,10 +72,13 @@ class RetrievalDatabase:
 
     Rows: text_feats (N, D), motion_feats (N, D) (L2-normalised), motion_ids (N) file ids, keys (N) entry keys,
     lengths (N,) frames, captions (N). `meta` names the dataset and the retriever it was built with.
+    `normalized=True` keeps features that are already L2-normalised as they are (a saved database: normalising
+    twice changes the last bit on some CPUs, so a save / load round trip would not be exact).
     """
 
     def __init__(self, text_feats: Tensor, motion_feats: Tensor, motion_ids: Sequence[str], captions: Sequence[str],
-                 lengths: Sequence[int], meta: DatabaseMeta, keys: Sequence[str] | None = None):
+                 lengths: Sequence[int], meta: DatabaseMeta, keys: Sequence[str] | None = None,
+                 normalized: bool = False):
         n = len(motion_ids)
         if text_feats.shape[0] != n or motion_feats.shape[0] != n or len(captions) != n or len(lengths) != n:
             raise RetrieverError(f"{_MOD}: RetrievalDatabase columns must all have N={n} rows, got text "
@@ -83,8 +86,9 @@ class RetrievalDatabase:
                                  f"captions, {len(lengths)} lengths")
         if n == 0:
             raise RetrieverError(f"{_MOD}: RetrievalDatabase is empty (no rows); build it from a non-empty split")
-        self.text_feats = F.normalize(text_feats.detach().float(), dim=-1)     # normalised once here
-        self.motion_feats = F.normalize(motion_feats.detach().float(), dim=-1)
+        norm = (lambda x: x) if normalized else (lambda x: F.normalize(x, dim=-1))       # normalised once, here
+        self.text_feats = norm(text_feats.detach().float())
+        self.motion_feats = norm(motion_feats.detach().float())
         self.motion_ids = list(motion_ids)
         self.keys = list(keys) if keys is not None else list(motion_ids)
         self.captions = list(captions)
@@ -264,7 +268,7 @@ class RetrievalDatabase:
             raise RetrieverError(f"{_MOD}: {path}: database format version {obj.get('format_version')}, expected "
                                  f"{DATABASE_FORMAT_VERSION}; rebuild it with train_retriever.py --build-db")
         db = cls(obj["text_feats"], obj["motion_feats"], obj["motion_ids"], obj["captions"], obj["lengths"].tolist(),
-                 DatabaseMeta(**obj["meta"]), obj["keys"])
+                 DatabaseMeta(**obj["meta"]), obj["keys"], normalized=True)
         db.check_compatible(dataset, fingerprint, checkpoint, str(path))
         return db
 

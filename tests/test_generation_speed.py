@@ -117,15 +117,34 @@ def test_bad_precision_is_a_one_line_error(components):
 def test_benchmark_script_runs_tiny_and_writes_json(tmp_path, capsys):
     path = tmp_path / "gen.json"
     rc = bench.main(["--tiny", "--quick", "--threads", "1", "--batches", "2", "--db-rows", "30", "--db-sizes", "30",
-                     "--scaling-lengths", "64", "--scaling-batches", "2", "--silent", "--json", str(path)])
+                     "--scaling-lengths", "64", "--scaling-batches", "2", "--silent", "--force-bf16", "--json",
+                     str(path)])
     assert rc == 0
     data = json.loads(path.read_text())
+    assert data["bf16_skipped"] is None
     run = data["runs"]["2"]
     assert run["naive_equals_fast_fp32"] is True and run["naive_fast_fp32_token_agreement"] == 1.0
     assert set(run) >= {"naive", "fast_fp32", "fast_bf16", "flops", "bf16_tolerance"}
     assert set(run["fast_fp32"]["stages"]) >= {*bench.STAGES, "total"}
     assert data["matmul_gflops"]["fp32"] > 0 and "scaling" in data
     assert "whole pipeline" in capsys.readouterr().out
+
+
+def test_benchmark_skips_bf16_where_it_is_emulated(tmp_path, capsys, monkeypatch):
+    reason = "this CPU (AVX2) has no bf16 matrix instructions"
+    monkeypatch.setattr(bench, "bf16_slow_reason", lambda device: reason)
+    path = tmp_path / "gen.json"
+    assert bench.main(["--tiny", "--quick", "--threads", "1", "--batches", "2", "--db-rows", "30", "--db-sizes", "30",
+                       "--scaling-lengths", "64", "--scaling-batches", "2", "--silent", "--compile", "--json",
+                       str(path)]) == 0
+    data = json.loads(path.read_text())
+    run = data["runs"]["2"]
+    assert data["bf16_skipped"] == reason
+    assert {"naive", "fast_fp32"} <= set(run) and not any(k.startswith("fast_bf16") for k in run)
+    assert "bf16_tolerance" not in run and not any(k.startswith("bf16") for k in run["attention"])
+    assert data["scaling"]["path"] == "fast_fp32" and "compile_mode" not in data
+    out = capsys.readouterr().out
+    assert f"bf16 paths not timed: {reason}" in out and "fast bf16" not in out
 
 
 @pytest.mark.parametrize("flags, message", [(["--batches", "0"], "--batches"), (["--frames", "300"], "--frames"),
@@ -164,6 +183,9 @@ def test_eval_projection_uses_the_evaluation_batch_size(tmp_path):
     del data["runs"]["32"]
     path.write_text(json.dumps(data))
     assert gen_seconds_from_json(str(path))[0] == pytest.approx(0.01)           # no batch 32: the largest
+    data["runs"] = {"32": {"fast_fp32": {"stages": {"total": {"median": 6.4}}}}}   # bf16 skipped as emulated
+    path.write_text(json.dumps(data))
+    assert gen_seconds_from_json(str(path)) == (pytest.approx(0.2), "fast_fp32 at batch 32 (d, m)")
 
 
 def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
@@ -181,6 +203,54 @@ def test_the_scripts_offer_the_pipelines_precisions():
     from models.pipeline import PRECISIONS
 
     assert generate.PRECISIONS == eval_t2m.PRECISIONS == PRECISIONS
+
+
+@pytest.mark.parametrize("flags, native", [
+    ({"fpu", "avx", "avx2", "fma"}, False),                       # AMD Zen 2 / Intel Haswell-Skylake client
+    ({"avx2", "avx512f", "avx512bw"}, False),                     # AVX-512 without its BF16 extension
+    ({"avx2", "avx512f", "avx512_bf16"}, True),                   # AMD Zen 4-5, Intel Cooper Lake
+    ({"avx512_bf16", "amx_bf16", "amx_tile"}, True),              # Intel Sapphire Rapids and later
+    ({"fp", "asimd", "bf16"}, True),                              # Arm with the BF16 extension
+])
+def test_bf16_slow_reason_reads_the_cpu_flags(flags, native):
+    from models.low_precision import bf16_slow_reason
+
+    reason = bf16_slow_reason("cpu", flags=flags)
+    assert (reason is None) == native
+    if not native:
+        assert "avx512_bf16" in reason and "slower than fp32" in reason
+
+
+def test_cpu_flags_parses_x86_and_arm_cpuinfo(tmp_path):
+    from models.low_precision import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\n"
+                   "flags\t\t: fpu sse2 avx2 avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert cpu_flags(str(x86)) == {"fpu", "sse2", "avx2"}                   # the first CPU's line
+    assert cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_pipeline_warns_when_bf16_is_emulated(components, monkeypatch):
+    import warnings
+
+    import models.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "bf16_slow_reason", lambda device: "no bf16 matrix instructions")
+    for precision in ("bf16", "bf16-autocast"):
+        with pytest.warns(UserWarning, match=f"precision '{precision}' on cpu: no bf16 matrix instructions; "
+                                             "precision 'fp32' is the fast choice here"):
+            bench.make_pipeline(components, precision=precision)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bench.make_pipeline(components)                                      # fp32: nothing to say
+    monkeypatch.setattr(pipeline_module, "bf16_slow_reason", lambda device: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bench.make_pipeline(components, precision="bf16")                   # native bf16: silent
 
 
 def test_bf16_copy_follows_its_source_and_leaves_it_in_fp32(components):

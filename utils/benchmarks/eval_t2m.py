@@ -12,7 +12,7 @@ MultiModality's 30 repeats of the first 3 batches. It counts the samples the pro
 
 Projection: 20 × (driver time per replication + generated samples per replication × generation seconds per
 sample), the latter from `--gen-s-per-sample` or from a `utils.benchmarks.generate --json` file (`--from-json`,
-its fast bf16 path at its largest batch). Output: a markdown table, `--json PATH` for the numbers.
+its fastest path at batch 32 or its largest batch). Output: a markdown table, `--json PATH` for the numbers.
 """
 from __future__ import annotations
 
@@ -76,12 +76,13 @@ class StandInGenerator:
 
 
 def gen_seconds_from_json(path: str, batch_size: int = 32) -> tuple[float, str]:
-    """(seconds per sample, description) of the fastest bf16 path of a generate.py JSON at the evaluation's batch
-    size (the driver generates in batches of eval.batch_size = 32), or at its largest batch when that is absent."""
+    """(seconds per sample, description) of the fastest path of a generate.py JSON (bf16 + compile, else bf16, else
+    fp32 where the run skipped bf16 as emulated) at the evaluation's batch size (the driver generates in batches of
+    eval.batch_size = 32), or at its largest batch when that is absent."""
     data = json.loads(open(path).read())
     runs = data["runs"]
     batch = str(batch_size) if str(batch_size) in runs else max(runs, key=int)
-    path_name = "fast_bf16_compile" if "fast_bf16_compile" in runs[batch] else "fast_bf16"
+    path_name = next(p for p in ("fast_bf16_compile", "fast_bf16", "fast_fp32") if p in runs[batch])
     total = runs[batch][path_name]["stages"]["total"]["median"]
     return total / int(batch), f"{path_name} at batch {batch} ({data['date']}, {data['machine']})"
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--device", default="cpu", help="evaluator device: cpu | cuda (default cpu)")
     ap.add_argument("--gen-s-per-sample", type=float, default=None, help="generation seconds per sample")
-    ap.add_argument("--from-json", default=None, help="a utils.benchmarks.generate --json file (fast bf16 path)")
+    ap.add_argument("--from-json", default=None, help="a utils.benchmarks.generate --json file (its fastest path)")
     ap.add_argument("--quick", action="store_true", help="a 640-item set (not HumanML3D size)")
     ap.add_argument("--tiny-evaluator", action="store_true", help="tiny evaluator widths (tests; not a measurement)")
     ap.add_argument("--second-evaluation", action="store_true",

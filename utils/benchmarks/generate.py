@@ -50,6 +50,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.low_precision import bf16_slow_reason
+
 _MOD = "utils/benchmarks/generate.py"
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
 VERBS = ["walks", "runs", "jumps", "waves", "kicks", "turns", "sits", "squats", "crawls", "dances", "bows", "throws"]
@@ -468,8 +470,22 @@ def load_average() -> str:
 def machine(device) -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+    return (f"{cpu_model() or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}"
+            f"{'' if bf16_slow_reason('cpu') else ', bf16 units'}), {os.cpu_count()} CPU cores, "
             f"{torch.get_num_threads()} torch threads")
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's "model name" (x86 Linux), None where it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 PRECISION_OF = {"naive": "fp32", "fast_fp32": "fp32", "fast_bf16": "bf16", "fast_bf16_autocast": "bf16-autocast",
@@ -542,11 +558,11 @@ def attention_timer(device, stats: dict):
 
 
 @torch.no_grad()
-def attention_share(pipe, batch: int, frames: int) -> dict:
-    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and as a bf16 weight copy with each
-    attention kernel (SDPA, and the two matmuls + softmax of `matmul_attention`), over the whole doubled batch and
-    (when it has more rows) in the pipeline's CPU row slices, side by side: total seconds, seconds inside attention
-    and the attention's GFLOP/s, showing what limits the passes."""
+def attention_share(pipe, batch: int, frames: int, bf16: bool = True) -> dict:
+    """One guided pass of the mask transformer (all-[MASK] map) in fp32 and (`bf16`) as a bf16 weight copy with
+    each attention kernel (SDPA, and the two matmuls + softmax of `matmul_attention`), over the whole doubled batch
+    and (when it has more rows) in the pipeline's CPU row slices, side by side: total seconds, seconds inside
+    attention and the attention's GFLOP/s, showing what limits the passes."""
     from models.attention import use_attention_kernel
     from models.low_precision import Bf16Copy
     from models.pipeline import CPU_PASS_ROWS
@@ -558,13 +574,14 @@ def attention_share(pipe, batch: int, frames: int) -> dict:
     t = torch.randn(batch, mask.cfg.text_dim, generator=g).to(device)
     r = F.normalize(torch.randn(batch, 1, mask.cfg.retrieval_dim, generator=g), dim=-1).to(device)
     tokens = torch.full((batch, tp, c), -2, dtype=torch.long, device=device)
-    bf16 = Bf16Copy(mask).get()
     out = {}
     rows = CPU_PASS_ROWS if 2 * batch > CPU_PASS_ROWS else None
-    variants = [("fp32", mask, "sdpa", None), ("bf16 sdpa", bf16, "sdpa", None), ("bf16 matmul", bf16, "matmul", None)]
-    if rows:
-        variants[1:1] = [(f"fp32 in {rows}-row slices", mask, "sdpa", rows)]
-        variants.append((f"bf16 matmul in {rows}-row slices", bf16, "matmul", rows))
+    variants = [("fp32", mask, "sdpa", None)] + ([(f"fp32 in {rows}-row slices", mask, "sdpa", rows)] if rows else [])
+    if bf16:
+        copy16 = Bf16Copy(mask).get()
+        variants += [("bf16 sdpa", copy16, "sdpa", None), ("bf16 matmul", copy16, "matmul", None)]
+        if rows:
+            variants.append((f"bf16 matmul in {rows}-row slices", copy16, "matmul", rows))
     for name, model, kernel, pass_rows in variants:
         use_attention_kernel(model, kernel)
         model.guided_logits(tokens, t, r, r, pass_rows=pass_rows)
@@ -639,17 +656,30 @@ def bench(args) -> dict:
     # machine limit: measured before and after every batch (a shared host's speed drifts by 2x), the best is the
     # ceiling the efficiencies are relative to
     results["matmul_samples"] = []
+    # where bf16 is emulated (an AVX2-only CPU: 0.3-12 GFLOP/s against ~95 in fp32) the bf16 paths would take hours
+    # and tell nothing a user should run: they are skipped, with the reason in the report, unless --force-bf16
+    emulated = bf16_slow_reason(device)
+    slow = None if args.force_bf16 else emulated
+    results["bf16_skipped"] = slow
+    if slow:
+        log(f"[generate bench] bf16 paths skipped: {slow} (--force-bf16 times them anyway)")
+    # an emulated 2048² bf16 matmul takes ~1 min: measure a small one there (and in tiny runs)
+    bf16_size = dict(n=256, repeats=1) if args.tiny else dict(n=512, repeats=1) if emulated else dict(n=2048)
+    results["bf16_matmul_n"] = bf16_size["n"]
 
     def measure_matmul() -> None:
+        bf16 = matmul_throughput(device, torch.bfloat16, **bf16_size)
         results["matmul_samples"].append({"fp32": matmul_throughput(device, torch.float32) / 1e9,
-                                          "bf16": matmul_throughput(device, torch.bfloat16) / 1e9})
+                                          "bf16": bf16 / 1e9})
         results["matmul_gflops"] = {k: max(s[k] for s in results["matmul_samples"]) for k in ("fp32", "bf16")}
         log(f"[generate bench] matmul 2048²: {results['matmul_samples'][-1]}")
 
     measure_matmul()
-    paths = ["naive", "fast_fp32", "fast_bf16"] + ([] if args.no_autocast_path else ["fast_bf16_autocast"])
+    paths = ["naive", "fast_fp32"]
+    if not slow:
+        paths += ["fast_bf16"] + ([] if args.no_autocast_path else ["fast_bf16_autocast"])
     compiled = None
-    if args.compile:
+    if args.compile and not slow:
         paths.append("fast_bf16_compile")
         compiled = make_pipeline(components, precision="bf16", pad_to=49)
         compiled.compile(args.compile_mode)     # its bf16 copies, static shapes (pad_to 49); None = the device's
@@ -673,11 +703,11 @@ def bench(args) -> dict:
             entry["compile_token_agreement_vs_bf16"] = token_agreement(res["fast_bf16"]["out"].tokens,
                                                                        res["fast_bf16_compile"]["out"].tokens)
         pipe = make_pipeline(components)
-        if batch == args.batches[0] or args.tolerance_every_batch:
+        if "fast_bf16" in res and (batch == args.batches[0] or args.tolerance_every_batch):
             entry["bf16_tolerance"] = bf16_tolerance(pipe, prompts_for(batch), args.frames, args.steps,
                                                      res["fast_fp32"]["out"], res["fast_bf16"]["out"])
         entry["caches"] = cache_and_loop_costs(make_pipeline(components), batch, args.frames)
-        entry["attention"] = attention_share(make_pipeline(components), batch, args.frames)
+        entry["attention"] = attention_share(make_pipeline(components), batch, args.frames, bf16=not slow)
         if flops_b1 is None:     # FLOPs grow linearly with the batch (same length, distinct prompts): count once
             flops_b1 = count_stage_flops(pipe, prompts_for(1), args.frames, args.steps)
         entry["flops"] = {k: v * batch for k, v in flops_b1.items()}
@@ -688,6 +718,8 @@ def bench(args) -> dict:
             ", ".join(f"{p} {entry[p]['stages']['total']['median']:.3f} s" for p in run_list))
     # scaling
     if not args.skip_scaling:
+        if slow and args.scaling_path == "fast_bf16":
+            args.scaling_path = "fast_fp32"
         results["scaling"] = scaling(components, args, device, log, results["runs"])
     results["load_end"] = load_average()
     return results
@@ -776,11 +808,16 @@ def render(results: dict) -> str:
              f"{results['load_end']}", ""]
     mm = results["matmul_gflops"]
     samples = results.get("matmul_samples", [mm])
+    bf16_n = results.get("bf16_matmul_n", 2048)
     lines.append(f"matmul 2048² (this run, best of {len(samples)} measurements before and after each batch: "
                  + ", ".join(f"{s['fp32']:.0f}" for s in samples) + " fp32; "
-                 + ", ".join(f"{s['bf16']:.0f}" for s in samples) + " bf16): fp32 "
+                 + ", ".join(f"{s['bf16']:.0f}" for s in samples)
+                 + f" bf16{'' if bf16_n == 2048 else f' at {bf16_n}²'}): fp32 "
                  f"{mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} GFLOP/s; components built in "
                  f"{results['build_s']:.1f} s")
+    if results.get("bf16_skipped"):
+        lines.append(f"\nbf16 paths not timed: {results['bf16_skipped']} ("
+                     "`--force-bf16` times them anyway)")
     s = results["settings"]
     for batch, entry in results["runs"].items():
         paths = [p for p in PATH_NAMES if p in entry]
@@ -894,6 +931,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--scaling-lengths", default=None, help="frames (default 64,128,196)")
     ap.add_argument("--scaling-batches", default=None, help="batch sizes (default 1,8,32)")
     ap.add_argument("--db-sizes", default=None, help="database rows (default 10000,72000,1000000)")
+    ap.add_argument("--force-bf16", action="store_true",
+                    help="time the bf16 paths also where bf16 matmuls are emulated (a CPU without AMX / AVX-512 BF16 "
+                    "/ Arm BF16: hours at paper size); by default they are skipped there, with the reason")
     ap.add_argument("--tolerance-every-batch", action="store_true", help="bf16 tolerance at every batch size")
     ap.add_argument("--quick", action="store_true",
                     help="short run: batches 1,4, 1 repeat, lengths 64,196, database sizes 10k,72k")

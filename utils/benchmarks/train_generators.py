@@ -24,6 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from models.low_precision import bf16_slow_reason
+
 _MOD = "utils/benchmarks/train_generators.py"
 
 
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     batch = args.batch or (64 if device.type == "cuda" else 8)
+    slow = bf16_slow_reason(device) if args.bf16 else None
+    if slow:
+        print(f"warning: {_MOD}: --bf16 on {device}: {slow}", file=sys.stderr)
     res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": str(device),
            "threads": args.threads, "bf16": args.bf16, "torch": torch.__version__,
            "load_start": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())}
