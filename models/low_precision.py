@@ -20,6 +20,7 @@ that bypasses version counting (`param.data = ...`, `param.data.copy_(...)`) is 
 from __future__ import annotations
 
 import copy
+import platform
 from typing import Callable
 
 import torch
@@ -60,48 +61,57 @@ class Bf16Copy:
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The instruction-set flags of the first CPU in `path` ("flags" on x86, "Features" on Arm), None where the file
-    cannot be read (not Linux)."""
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str] | None:
+    """The fields of the first CPU in `path` ({"model name": ..., "flags": ...}), None where it cannot be read."""
+    fields: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
+                if not line.strip():
+                    if fields:
+                        break                      # the first CPU's block has ended
+                    continue
                 key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    return set(value.split())
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         return None
-    return set()
+    return fields
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The instruction-set flags of the first CPU ("flags" on x86, "Features" on Arm), None where `path` cannot be
+    read or names none (not Linux; RISC-V, POWER)."""
+    info = cpuinfo(path) or {}
+    line = info.get("flags", info.get("Features"))
+    return set(line.split()) if line else None
 
 
 def bf16_slow_reason(device: str | torch.device, flags: set[str] | None = None) -> str | None:
-    """None where `device` runs bfloat16 matmuls natively, else one sentence saying why it does not.
+    """None where `device` runs bfloat16 matmuls natively (or where that cannot be told), else one sentence saying
+    why it does not.
 
     On a CPU without AMX / AVX-512 BF16 / Arm BF16 (AVX2-only x86, e.g. AMD Zen 2) PyTorch's bf16 matmuls are
     emulated: measured on a 2-vCPU AMD EPYC (Zen 2) at 12.5 GFLOP/s for a Linear and 0.3 GFLOP/s for a 2048²
-    matmul, against 93–95 GFLOP/s in fp32 (BENCHMARKS.md). `flags` overrides the CPU flags read from /proc/cpuinfo
-    (tests)."""
+    matmul, against 93–95 GFLOP/s in fp32 (BENCHMARKS.md). A GPU runs bf16 natively from compute capability 8.0
+    (Ampere; ROCm GPUs too). `flags` overrides the CPU flags read from /proc/cpuinfo (tests)."""
     device = torch.device(device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available() or torch.version.hip:
             return None
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:                                   # older torch: no emulation argument
-            native = torch.cuda.is_bf16_supported()
-        if native:
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
             return None
-        return (f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability "
-                f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0)")
+        return f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability {major}.{minor} < 8.0)"
     if device.type != "cpu":
         return None
     flags = cpu_flags() if flags is None else flags
-    if flags is None:                                       # no /proc/cpuinfo: ask oneDNN
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if flags is None:                                       # no flags to read: ask oneDNN, if it is there
+        if not torch.backends.mkldnn.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return None
-        return "oneDNN reports no bf16 support on this CPU"
+        return "oneDNN reports no bf16 support on this CPU, so bf16 matmuls run several times slower than fp32"
     if flags & set(BF16_CPU_FLAGS):
         return None
-    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix instructions (none of "
-            f"{', '.join(BF16_CPU_FLAGS)} among its flags), so bf16 matmuls are emulated and run several times "
-            f"slower than fp32")
+    unit = torch.backends.cpu.get_cpu_capability()
+    unit = platform.machine() if unit == "DEFAULT" else unit
+    return (f"this CPU ({unit}) has no bf16 matrix instructions (none of {', '.join(BF16_CPU_FLAGS)} among its "
+            f"flags), so bf16 matmuls are emulated and run several times slower than fp32")

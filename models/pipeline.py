@@ -166,7 +166,7 @@ class ReMoMaskPipeline:
         self.dataset = tokenizer.dataset
         self.facts = dataset_facts(self.dataset)
         self._check_components()
-        slow = bf16_slow_reason(self.device) if precision != "fp32" else None
+        slow = bf16_slow_reason(self.device) if precision != "fp32" and self.bf16_stages else None
         if slow:
             warnings.warn(f"{_MOD}: precision {precision!r} on {self.device}: {slow}; precision 'fp32' is the fast "
                           f"choice here", stacklevel=2)

@@ -73,7 +73,8 @@ class RetrievalDatabase:
     Rows: text_feats (N, D), motion_feats (N, D) (L2-normalised), motion_ids (N) file ids, keys (N) entry keys,
     lengths (N,) frames, captions (N). `meta` names the dataset and the retriever it was built with.
     `normalized=True` keeps features that are already L2-normalised as they are (a saved database: normalising
-    twice changes the last bit on some CPUs, so a save / load round trip would not be exact).
+    twice changes the last bit on some CPUs, so a save / load round trip would not be exact); rows whose norm is
+    not 1 (within 1e-4) are normalised all the same.
     """
 
     def __init__(self, text_feats: Tensor, motion_feats: Tensor, motion_ids: Sequence[str], captions: Sequence[str],
@@ -86,9 +87,14 @@ class RetrievalDatabase:
                                  f"captions, {len(lengths)} lengths")
         if n == 0:
             raise RetrieverError(f"{_MOD}: RetrievalDatabase is empty (no rows); build it from a non-empty split")
-        norm = (lambda x: x) if normalized else (lambda x: F.normalize(x, dim=-1))       # normalised once, here
-        self.text_feats = norm(text_feats.detach().float())
-        self.motion_feats = norm(motion_feats.detach().float())
+        def norm(x: Tensor) -> Tensor:                     # normalised once, here (a file's rows are checked)
+            x = x.detach().float()
+            if normalized and torch.allclose(x.norm(dim=-1), torch.ones((), device=x.device), atol=1e-4):
+                return x
+            return F.normalize(x, dim=-1)
+
+        self.text_feats = norm(text_feats)
+        self.motion_feats = norm(motion_feats)
         self.motion_ids = list(motion_ids)
         self.keys = list(keys) if keys is not None else list(motion_ids)
         self.captions = list(captions)

@@ -86,7 +86,7 @@ def test_cuda_retrieval_ranks_as_on_the_cpu():
 def test_cuda_generation_benchmark_runs_tiny_with_compile(tmp_path):
     path = tmp_path / "gen.json"
     assert bench.main(["--tiny", "--device", DEVICE, "--threads", "1", "--batches", "2", "--repeats", "1", "--compile", "--skip-scaling",
-                       "--db-rows", "30", "--silent", "--json", str(path)]) == 0
+                       "--db-rows", "30", "--silent", "--force-bf16", "--json", str(path)]) == 0
     run = json.loads(path.read_text())["runs"]["2"]
     assert run["naive_equals_fast_fp32"] is True and run["compile_token_agreement_vs_bf16"] > 0.8
     assert run["fast_bf16_compile"]["stages"]["total"]["median"] > 0

@@ -145,6 +145,7 @@ def test_benchmark_skips_bf16_where_it_is_emulated(tmp_path, capsys, monkeypatch
     assert data["scaling"]["path"] == "fast_fp32" and "compile_mode" not in data
     out = capsys.readouterr().out
     assert f"bf16 paths not timed: {reason}" in out and "fast bf16" not in out
+    assert "--compile ignored" in out and "scaling table on the fast fp32 path" in out      # nothing dropped silently
 
 
 @pytest.mark.parametrize("flags, message", [(["--batches", "0"], "--batches"), (["--frames", "300"], "--frames"),
@@ -186,6 +187,9 @@ def test_eval_projection_uses_the_evaluation_batch_size(tmp_path):
     data["runs"] = {"32": {"fast_fp32": {"stages": {"total": {"median": 6.4}}}}}   # bf16 skipped as emulated
     path.write_text(json.dumps(data))
     assert gen_seconds_from_json(str(path)) == (pytest.approx(0.2), "fast_fp32 at batch 32 (d, m)")
+    data["runs"]["32"]["fast_bf16"] = {"stages": {"total": {"median": 32.0}}}    # forced bf16, emulated: slower
+    path.write_text(json.dumps(data))
+    assert gen_seconds_from_json(str(path))[1].startswith("fast_fp32")           # the fastest path, not the bf16 one
 
 
 def test_training_benchmark_runs_on_a_tiny_budget(tmp_path, monkeypatch):
@@ -221,8 +225,20 @@ def test_bf16_slow_reason_reads_the_cpu_flags(flags, native):
         assert "avx512_bf16" in reason and "slower than fp32" in reason
 
 
+def test_bf16_slow_reason_on_cuda_goes_by_compute_capability(monkeypatch):
+    from models.low_precision import bf16_slow_reason
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert bf16_slow_reason("cuda:1") == "Tesla V100 has no native bf16 (compute capability 7.0 < 8.0)"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert bf16_slow_reason("cuda") is None
+
+
 def test_cpu_flags_parses_x86_and_arm_cpuinfo(tmp_path):
-    from models.low_precision import cpu_flags
+    from models.low_precision import cpu_flags, cpuinfo
 
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\n"
@@ -232,6 +248,10 @@ def test_cpu_flags_parses_x86_and_arm_cpuinfo(tmp_path):
     assert cpu_flags(str(x86)) == {"fpu", "sse2", "avx2"}                   # the first CPU's line
     assert cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
     assert cpu_flags(str(tmp_path / "missing")) is None
+    assert cpuinfo(str(x86))["model name"] == "AMD EPYC"
+    riscv = tmp_path / "riscv"
+    riscv.write_text("processor\t: 0\nisa\t\t: rv64imafdc\n")
+    assert cpu_flags(str(riscv)) is None                  # no flags line: not read as "no bf16" (oneDNN decides)
 
 
 def test_pipeline_warns_when_bf16_is_emulated(components, monkeypatch):
@@ -251,6 +271,10 @@ def test_pipeline_warns_when_bf16_is_emulated(components, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bench.make_pipeline(components, precision="bf16")                   # native bf16: silent
+    monkeypatch.setattr(pipeline_module, "bf16_slow_reason", lambda device: "no bf16 matrix instructions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bench.make_pipeline(components, precision="bf16", bf16_stages=())   # no stage in bf16: silent
 
 
 def test_bf16_copy_follows_its_source_and_leaves_it_in_fp32(components):

@@ -147,6 +147,9 @@ def test_save_load_round_trip_is_atomic(tmp_path):
     q = torch.randn(3, 8)
     assert torch.equal(back.query(q, k=2).indices, db.query(q, k=2).indices)
     assert torch.equal(back.query(q, k=2).scores, db.query(q, k=2).scores)
+    raw = RetrievalDatabase(3 * db.text_feats, 3 * db.motion_feats, db.motion_ids, db.captions, db.lengths.tolist(),
+                            db.meta, normalized=True)                      # a file that lies: normalised anyway
+    torch.testing.assert_close(raw.motion_feats.norm(dim=-1), torch.ones(len(db)))
     assert default_database_path("runs/r/checkpoints/best.pt").as_posix() == "runs/r/checkpoints/best_database.pt"
 
 

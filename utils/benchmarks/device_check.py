@@ -62,7 +62,9 @@ class Step:
 def steps_for(out: Path, device: str, rehearsal: bool) -> list[Step]:
     py = sys.executable
     gen, gen_c = str(out / "gen.json"), str(out / "gen_compile.json")
-    tiny = ["--tiny", "--db-rows", "30", "--batches", "1,2", "--repeats", "1", "--skip-scaling", "--threads", "1"]
+    # --force-bf16: a rehearsal on a CPU without bf16 units still runs the bf16 and compile plumbing (tiny: seconds)
+    tiny = ["--tiny", "--db-rows", "30", "--batches", "1,2", "--repeats", "1", "--skip-scaling", "--threads", "1",
+            "--force-bf16"]
     sizes = tiny if rehearsal else ["--repeats", "5"]
     steps = [
         # only the files that hold CUDA tests are collected: a module importing a package the GPU image lacks

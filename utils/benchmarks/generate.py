@@ -22,11 +22,15 @@ Paths timed side by side in one run (their repeats interleaved, so load changes 
 - with `--compile`: **fast bf16 + compile**: torch.compile of the transformer blocks and heads on static shapes
   (`pad_to` = 49 token steps), `--compile-mode` default "reduce-overhead" (CUDA graphs) on CUDA and "default"
   (inductor) on the CPU. The CUDA variant is written but was not run on a GPU by the session that wrote it.
+Where the device has no native bf16 matmuls (`models.low_precision.bf16_slow_reason`: a CPU without AMX /
+AVX-512 BF16 / Arm BF16, a GPU before compute capability 8.0) bf16 is emulated, several times slower than fp32:
+the bf16 and compile paths are skipped and the report says why, unless `--force-bf16`.
 Caches are cleared before every timed run (prompts are "new"), so text encoding and retrieval are counted.
 
 Each run times text encoding, retrieval, masked generation, residual generation, decoding and the whole pipeline
 call (`ReMoMaskPipeline.__call__`, including the conversion to joints); median, min and max over `--repeats` runs
-after `--warmup` runs. The machine's own matmul throughput (2048² fp32 and bf16) is measured in the same run, and the
+after `--warmup` runs. The machine's own matmul throughput (2048² fp32 and bf16; bf16 at 512² where it is emulated)
+is measured in the same run, and the
 efficiency of the transformer passes is their FLOPs (counted from the shapes of one pass with
 `torch.utils.flop_counter`, attention added analytically) over their time, as a fraction of that throughput.
 A scaling table adds time against motion length (64, 128, 196 frames), batch size and database size (10k, 72k,
@@ -50,7 +54,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.low_precision import bf16_slow_reason
+from models.low_precision import bf16_slow_reason, cpuinfo
 
 _MOD = "utils/benchmarks/generate.py"
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
@@ -469,23 +473,11 @@ def load_average() -> str:
 
 def machine(device) -> str:
     if torch.device(device).type == "cuda":
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return (f"{cpu_model() or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}"
+        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
+    model = (cpuinfo() or {}).get("model name") or platform.processor() or platform.machine()
+    return (f"{model} ({torch.backends.cpu.get_cpu_capability()}"
             f"{'' if bf16_slow_reason('cpu') else ', bf16 units'}), {os.cpu_count()} CPU cores, "
             f"{torch.get_num_threads()} torch threads")
-
-
-def cpu_model(path: str = "/proc/cpuinfo") -> str | None:
-    """The CPU's "model name" (x86 Linux), None where it cannot be read."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return None
 
 
 PRECISION_OF = {"naive": "fp32", "fast_fp32": "fp32", "fast_bf16": "bf16", "fast_bf16_autocast": "bf16-autocast",
@@ -672,13 +664,16 @@ def bench(args) -> dict:
         results["matmul_samples"].append({"fp32": matmul_throughput(device, torch.float32) / 1e9,
                                           "bf16": bf16 / 1e9})
         results["matmul_gflops"] = {k: max(s[k] for s in results["matmul_samples"]) for k in ("fp32", "bf16")}
-        log(f"[generate bench] matmul 2048²: {results['matmul_samples'][-1]}")
+        log(f"[generate bench] matmul fp32 2048², bf16 {bf16_size['n']}²: {results['matmul_samples'][-1]}")
 
     measure_matmul()
     paths = ["naive", "fast_fp32"]
     if not slow:
         paths += ["fast_bf16"] + ([] if args.no_autocast_path else ["fast_bf16_autocast"])
     compiled = None
+    results["notes"] = []
+    if args.compile and slow:
+        results["notes"].append("--compile ignored: it compiles the bf16 path, not timed here")
     if args.compile and not slow:
         paths.append("fast_bf16_compile")
         compiled = make_pipeline(components, precision="bf16", pad_to=49)
@@ -720,6 +715,7 @@ def bench(args) -> dict:
     if not args.skip_scaling:
         if slow and args.scaling_path == "fast_bf16":
             args.scaling_path = "fast_fp32"
+            results["notes"].append("scaling table on the fast fp32 path (bf16 not timed here)")
         results["scaling"] = scaling(components, args, device, log, results["runs"])
     results["load_end"] = load_average()
     return results
@@ -818,6 +814,8 @@ def render(results: dict) -> str:
     if results.get("bf16_skipped"):
         lines.append(f"\nbf16 paths not timed: {results['bf16_skipped']} ("
                      "`--force-bf16` times them anyway)")
+    for note in results.get("notes", []):
+        lines.append(f"\n{note}")
     s = results["settings"]
     for batch, entry in results["runs"].items():
         paths = [p for p in PATH_NAMES if p in entry]
