@@ -209,6 +209,19 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch):
         run_script(buggy, [], prog="x.py")
 
 
+def test_warnings_print_as_one_line_and_debug_keeps_python_format(capsys):
+    import warnings
+
+    def warns(argv):
+        warnings.warn(f"models/pipeline.py: precision 'bf16' on cpu: emulated{argv}\nsecond line", stacklevel=2)
+    assert run_script(warns, [], prog="x.py") == 0
+    assert capsys.readouterr().err == "x.py: warning: models/pipeline.py: precision 'bf16' on cpu: emulated[]\n"
+    with pytest.warns(UserWarning, match=r"emulated\['--debug'\]\nsecond line"):         # Python's own path
+        assert run_script(warns, ["--debug"], prog="x.py") == 0
+    assert "x.py: warning" not in capsys.readouterr().err
+    assert warnings.showwarning.__module__ == "warnings"             # restored after the script
+
+
 # ---- resume: drift refused by name, allowed keys applied --------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ file, a checkpoint that does not fit, a run dir that cannot be used, a NaN stop,
 and an exit code: 2 for configuration errors (the argparse convention that `utils.config` uses for settings refused
 at load), 1 for everything else the user can fix (data, checkpoints, files). Any other exception is a bug and keeps
 its traceback. `--debug` on the command line (or REMOMASK_DEBUG=1) re-raises project errors too, with the traceback.
-argparse's own exits (`--help`, usage errors) pass through unchanged.
+argparse's own exits (`--help`, usage errors) pass through unchanged. Warnings print as `prog: warning: message`,
+one line each (Python's two-line format with the source line under `--debug`).
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 
@@ -52,6 +54,14 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _one_line_warning(prog: str) -> Callable:
+    """A `warnings.showwarning` that prints `prog: warning: <first line>` (no source line; `--debug` keeps Python's
+    own format)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {one_line(message)}", file=file or sys.stderr)
+    return show
+
+
 def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
                prog: str | None = None) -> int:
     """Run `main(argv)` and return its exit code (0 when it returns None or a non-int such as a metrics dict).
@@ -63,7 +73,10 @@ def run_script(main: Callable[[Sequence[str] | None], object], argv: Sequence[st
     prog = prog or os.path.basename(sys.argv[0]) or "remomask"
     debug = "--debug" in args or os.environ.get("REMOMASK_DEBUG", "") not in ("", "0")
     try:
-        rc = main(args)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line_warning(prog)
+            rc = main(args)
     except KeyboardInterrupt:
         if debug:
             raise
