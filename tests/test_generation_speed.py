@@ -136,7 +136,7 @@ def test_benchmark_skips_bf16_where_it_is_emulated(tmp_path, capsys, monkeypatch
     path = tmp_path / "gen.json"
     assert bench.main(["--tiny", "--quick", "--threads", "1", "--batches", "2", "--db-rows", "30", "--db-sizes", "30",
                        "--scaling-lengths", "64", "--scaling-batches", "2", "--silent", "--compile", "--json",
-                       str(path)]) == 0
+                       str(path), "--plot", str(tmp_path / "gen.png")]) == 0
     data = json.loads(path.read_text())
     run = data["runs"]["2"]
     assert data["bf16_skipped"] == reason
@@ -146,6 +146,35 @@ def test_benchmark_skips_bf16_where_it_is_emulated(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert f"bf16 paths not timed: {reason}" in out and "fast bf16" not in out
     assert "--compile ignored" in out and "scaling table on the fast fp32 path" in out      # nothing dropped silently
+    from PIL import Image
+
+    with Image.open(tmp_path / "gen.png") as im:                    # --plot: bars by stage + the scaling panels
+        assert im.format == "PNG" and im.width > 2 * im.height
+
+
+def test_plot_generation_stacks_seconds_per_sample_and_refuses_other_files(tmp_path, capsys):
+    from utils.benchmarks import plot_generation as pg
+
+    def stages(total, **kw):
+        return {"stages": {"total": {"median": total}, **{k: {"median": v} for k, v in kw.items()}}}
+
+    results = {"device": "cpu", "runs": {"2": {"fast_fp32": stages(1.0, text=0.1, mask=0.5, decode=0.2),
+                                               "naive": stages(1.4, mask=1.0)}}}
+    rows = pg.per_sample_stages(results)
+    assert [(b, p) for b, p, _ in rows] == [("2", "naive"), ("2", "fast_fp32")]      # drawing order
+    fast = rows[1][2]
+    assert fast["mask"] == pytest.approx(0.25) and fast["total"] == pytest.approx(0.5)  # per sample (batch 2)
+    assert fast["other"] == pytest.approx(0.1)                      # total − the stages timed
+    out = pg.plot_generation(results, tmp_path / "p.png")
+    assert out.is_file() and not list(tmp_path.glob(".*.tmp*"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"date": "d"}))
+    assert pg.main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("bad.json: not a utils.benchmarks.generate --json result (no 'runs')")
+    assert len(err.splitlines()) == 1
+    bad.write_text("{not json")
+    assert pg.main([str(bad)]) == 2 and "cannot be read as JSON" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [(["--batches", "0"], "--batches"), (["--frames", "300"], "--frames"),

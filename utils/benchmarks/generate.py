@@ -34,7 +34,8 @@ is measured in the same run, and the
 efficiency of the transformer passes is their FLOPs (counted from the shapes of one pass with
 `torch.utils.flop_counter`, attention added analytically) over their time, as a fraction of that throughput.
 A scaling table adds time against motion length (64, 128, 196 frames), batch size and database size (10k, 72k,
-1M rows). Output: a markdown report on stdout, `--json PATH` for the numbers.
+1M rows). Output: a markdown report on stdout, `--json PATH` for the numbers, `--plot PATH` for a picture
+(`utils.benchmarks.plot_generation`).
 """
 from __future__ import annotations
 
@@ -938,6 +939,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--tiny", action="store_true", help="tiny components (tests / smoke runs; not a measurement)")
     ap.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--plot", default=None, metavar="PATH", help="also draw the results to this PNG "
+                    "(utils.benchmarks.plot_generation: seconds per sample by stage against the targets, scaling)")
     args = ap.parse_args(argv)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise BenchmarkArgError(f"{_MOD}: --device must be cpu or cuda, got {args.device!r}")
@@ -984,6 +987,10 @@ def main(argv: list[str] | None = None) -> int:
         from utils.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        from utils.benchmarks.plot_generation import plot_generation
+
+        plot_generation(results, args.plot)
     return 0
 
 
