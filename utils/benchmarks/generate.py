@@ -675,7 +675,7 @@ def bench(args) -> dict:
     results["notes"] = []
     if args.compile and slow:
         results["notes"].append("--compile ignored: it compiles the bf16 path, not timed here")
-    if args.compile and not slow:
+    elif args.compile:
         paths.append("fast_bf16_compile")
         compiled = make_pipeline(components, precision="bf16", pad_to=49)
         compiled.compile(args.compile_mode)     # its bf16 copies, static shapes (pad_to 49); None = the device's

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from utils.atomic import atomic_path  # noqa: E402
+from utils.benchmarks.device_check import GPU_TARGETS as _GPU  # noqa: E402
 
 _MOD = "utils/benchmarks/plot_generation.py"
 STAGES = ("text", "retrieval", "mask", "residual", "decode")
@@ -35,7 +36,8 @@ OFFICIAL_CPU_S = 6.8          # ../shared/docs/performance.md: the official code
 # (seconds per sample, label) of issue #16's targets
 CPU_TARGETS = ((OFFICIAL_CPU_S, "official code 6.8 s"), (OFFICIAL_CPU_S / 3, "3× faster (fp32, batch 1)"),
                (2.0, "2.0 s (bf16, batch 1)"), (1.0, "1.0 s (batch 32)"))
-GPU_TARGETS = ((0.015, "15 ms (batch 1)"), (0.002, "2 ms (batch 256)"))
+GPU_TARGETS = ((_GPU["batch1_s"], f"{_GPU['batch1_s'] * 1e3:g} ms (batch 1)"),
+               (_GPU["batch256_s"], f"{_GPU['batch256_s'] * 1e3:g} ms (batch 256)"))
 
 
 class PlotError(ValueError):
